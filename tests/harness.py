@@ -1,0 +1,125 @@
+"""Start and stop real servers for tests: the reference etcd and fastkv.
+
+Every server gets its own free ports and data directory; ``stop`` ends exactly the
+process it started. A server that does not come up fails the test loudly with its output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REFERENCE_ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """One running server process and where to reach it."""
+
+    kind: str
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self, timeout: float = 20.0) -> Server:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its lifetime
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **self.env}, start_new_session=True)
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/v2/keys/", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} did not answer within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def _member_args(name: str, client_port: int, peer_port: int, data_dir: Path) -> list[str]:
+    client = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    return ["--name", name, "--data-dir", str(data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{name}={peer}"]
+
+
+def reference_etcd(tmp: Path, name: str = "ref", extra: list[str] | None = None) -> Server:
+    """The reference etcd 3.4 with the v2 API on; fails loudly when it is not installed."""
+    if not os.path.exists(REFERENCE_ETCD):
+        raise RuntimeError("the reference etcd is not installed: apt-get install etcd-server")
+    client_port, peer_port = free_port(), free_port()
+    data_dir = tmp / f"{name}.etcd"
+    args = [REFERENCE_ETCD, *_member_args(name, client_port, peer_port, data_dir), "--enable-v2",
+            *(extra or [])]
+    return Server("etcd", name, client_port, peer_port, data_dir, args, tmp / f"{name}.etcd.log")
+
+
+def fastkv(tmp: Path, name: str = "fk", extra: list[str] | None = None,
+           data_dir: Path | None = None) -> Server:
+    """A fastkv member run as its console script would run it (``python -m fastkv``)."""
+    client_port, peer_port = free_port(), free_port()
+    data_dir = data_dir or tmp / f"{name}.fastkv"
+    args = [sys.executable, "-m", "fastkv", *_member_args(name, client_port, peer_port, data_dir),
+            *(extra or [])]
+    return Server("fastkv", name, client_port, peer_port, data_dir, args, tmp / f"{name}.fastkv.log")
