@@ -1,0 +1,250 @@
+"""``/v2/keys``: parameters validated in etcd's order, mapped to one store operation.
+
+``handle_keys`` answers local reads at once (a ``Response``), returns a coroutine for
+everything that goes through the log (writes, ``quorum=true`` reads), and starts watches on
+the connection itself (returning ``WATCHING``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from fastkv._native.store import (
+    OP_CAD,
+    OP_CAS,
+    OP_CREATE,
+    OP_DELETE,
+    OP_QGET,
+    OP_SET,
+    OP_UNIQUE,
+    OP_UPDATE,
+    V2Error,
+    encode_request,
+)
+from fastkv._native.watch import Watcher
+from fastkv.http.form import FormError, is_form_content_type, parse_bool, parse_form, parse_uint
+from fastkv.http.responses import JSON, App, Response, method_not_allowed
+
+if TYPE_CHECKING:
+    from fastkv.http.protocol import HttpProtocol, Request
+
+__all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "handle_keys", "internal_path", "parse_key_request"]
+
+log = logging.getLogger(__name__)
+
+KEYS_PREFIX = "/v2/keys"
+WATCHING = object()  # the connection answers this request itself (a watch)
+
+_ALLOW = b"HEAD,GET,PUT,POST,DELETE"
+_METHODS = frozenset((b"HEAD", b"GET", b"PUT", b"POST", b"DELETE"))
+_BODY_METHODS = frozenset((b"PUT", b"POST", b"PATCH"))
+_NO_VALUE_ACTIONS = frozenset(("set", "create", "update", "compareAndSwap"))
+_INT64_MAX = (1 << 63) - 1
+_TIMEOUT_CAUSE = "etcdserver: request timed out"
+_BOOL_FLAGS = ("recursive", "sorted", "wait", "dir", "quorum", "stream")
+
+
+class KeyRequest:
+    """One parsed ``/v2/keys`` request (etcd's ``parseKeyRequest`` result)."""
+
+    __slots__ = ("dir", "expire_ns", "method", "no_value", "path", "prev_exist", "prev_index",
+                 "prev_value", "quorum", "recursive", "refresh", "sorted", "stream", "value", "wait",
+                 "wait_index")
+
+    def __init__(self, method: bytes, path: str) -> None:
+        self.method = method
+        self.path = path
+        self.value = ""
+        self.prev_value = ""
+        self.prev_index = 0
+        self.wait_index = 0
+        self.prev_exist: bool | None = None
+        self.refresh = False
+        self.expire_ns = 0
+        self.no_value = False
+        self.recursive = self.sorted = self.wait = self.dir = self.quorum = self.stream = False
+
+
+def internal_path(url_path: str) -> str:
+    """``/v2/keys/foo/`` -> ``/1/foo``; ``/v2/keys`` and ``/v2/keys/`` -> ``/1``.
+
+    ``url_path`` is already clean (ServeMux redirected ``//``, ``.`` and ``..``).
+    """
+    key = url_path[len(KEYS_PREFIX):]
+    if key.endswith("/"):
+        key = key[:-1]
+    return "/1" + key
+
+
+def _invalid(code: int, cause: str) -> V2Error:
+    return V2Error(code, cause, 0)
+
+
+def _flag(form: dict[str, str], name: str, cause: str | None = None) -> bool:
+    """``getBool``: absent is false; present must be a Go bool (error 209)."""
+    text = form.get(name)
+    if text is None:
+        return False
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise _invalid(209, cause or f'invalid value for "{name}"') from None
+
+
+def _index(form: dict[str, str], name: str) -> int:
+    """``getUint64``: absent is 0; present must be an unsigned decimal (error 203)."""
+    text = form.get(name)
+    if text is None:
+        return 0
+    try:
+        return parse_uint(text)
+    except ValueError:
+        raise _invalid(203, f'invalid value for "{name}"') from None
+
+
+def parse_key_request(method: bytes, url_path: str, form: dict[str, str], now_ns: int) -> KeyRequest:
+    """Validate ``form`` in etcd's order; raises ``V2Error`` (index 0) on the first problem."""
+    r = KeyRequest(method, internal_path(url_path))
+    r.prev_index = _index(form, "prevIndex")
+    r.wait_index = _index(form, "waitIndex")
+    r.recursive, r.sorted, r.wait, r.dir, r.quorum, r.stream = (_flag(form, n) for n in _BOOL_FLAGS)
+    if r.wait and method != b"GET":
+        raise _invalid(209, '"wait" can only be used with GET requests')
+    prev_value = form.get("prevValue")
+    if prev_value == "":
+        raise _invalid(201, '"prevValue" cannot be empty')
+    r.prev_value = prev_value or ""
+    r.no_value = _flag(form, "noValueOnSuccess")
+    ttl = form.get("ttl")
+    if ttl:
+        try:
+            seconds = parse_uint(ttl)
+        except ValueError:
+            raise _invalid(202, 'invalid value for "ttl"') from None
+        r.expire_ns = min(now_ns + seconds * 1_000_000_000, _INT64_MAX)
+    if "prevExist" in form:
+        r.prev_exist = _flag(form, "prevExist", "invalid value for prevExist")
+    r.value = form.get("value", "")
+    if "refresh" in form:
+        r.refresh = _flag(form, "refresh", "invalid value for refresh")
+        if r.refresh and r.value:
+            raise _invalid(211, "A value was provided on a refresh")
+        if r.refresh and not ttl:
+            raise _invalid(212, "No TTL value set")
+    return r
+
+
+def encode_write(r: KeyRequest) -> bytes:
+    """The store request for a PUT, POST or DELETE (etcd's ``applierV2store`` choice)."""
+    conditional = r.prev_index > 0 or r.prev_value != ""
+    prev_value = r.prev_value or None
+    if r.method == b"POST":
+        return encode_request(OP_UNIQUE, r.path, r.value, r.dir, r.expire_ns)
+    if r.method == b"DELETE":
+        if conditional:
+            return encode_request(OP_CAD, r.path, prev_value=prev_value, prev_index=r.prev_index)
+        return encode_request(OP_DELETE, r.path, dir=r.dir, recursive=r.recursive)
+    if r.prev_exist is False:
+        return encode_request(OP_CREATE, r.path, r.value, r.dir, r.expire_ns, refresh=r.refresh)
+    if conditional:
+        return encode_request(OP_CAS, r.path, r.value, False, r.expire_ns, prev_value, r.prev_index,
+                              r.refresh)
+    if r.prev_exist:
+        return encode_request(OP_UPDATE, r.path, r.value, False, r.expire_ns, refresh=r.refresh)
+    return encode_request(OP_SET, r.path, r.value, r.dir, r.expire_ns, refresh=r.refresh)
+
+
+def event_headers(app: App, etcd_index: int) -> bytes:
+    """Headers of a successful keys response (and of a watch)."""
+    node = app.node
+    return (JSON + app.cluster_header()
+            + b"X-Etcd-Index: %d\r\nX-Raft-Index: %d\r\nX-Raft-Term: %d\r\n"
+            % (etcd_index, node.raft_index, node.raft_term))
+
+
+def error_response(app: App, error: V2Error) -> Response:
+    """A v2 error: its status and body, ``X-Etcd-Index`` from the error, no ``X-Raft-*``."""
+    return (error.status, JSON + app.cluster_header() + b"X-Etcd-Index: %d\r\n" % error.index,
+            error.body)
+
+
+async def propose(app: App, request: bytes, no_value: bool) -> Response:
+    """Send one request through the log and answer its event (or its error)."""
+    try:
+        event = await app.node.propose(request)
+    except V2Error as error:
+        return error_response(app, error)
+    except Exception as exc:  # a proposal that timed out or failed below the store
+        log.warning("proposal failed: %r", exc)
+        return error_response(app, V2Error(300, str(exc) or _TIMEOUT_CAUSE, 0))
+    body = event.body
+    if no_value and event.action in _NO_VALUE_ACTIONS:
+        body = b'{"action":"%s"}\n' % event.action.encode()
+    return (201 if event.created else 200), event_headers(app, event.etcd_index), body
+
+
+def read_form(req: Request) -> dict[str, str]:
+    """Go's ``ParseForm`` for this request; ``V2Error(210)`` when it cannot be parsed."""
+    body = req.body if req.method in _BODY_METHODS and is_form_content_type(req.content_type) else None
+    if not req.query and not body:
+        return {}
+    try:
+        return parse_form(req.query, body)
+    except FormError as exc:
+        raise _invalid(210, str(exc)) from None
+
+
+def handle_keys(app: App, req: Request, conn: HttpProtocol) -> Response | Coroutine[Any, Any, Response] | Any:
+    """Answer one ``/v2/keys`` request (see the module docstring for the three kinds of answer)."""
+    if req.method not in _METHODS:
+        return method_not_allowed(_ALLOW)
+    now_ns = time.time_ns()
+    if not req.query and (req.method == b"GET" or req.method == b"HEAD"):
+        return local_get(app, internal_path(req.path), False, False, now_ns)  # the hot path
+    try:
+        r = parse_key_request(req.method, req.path, read_form(req), now_ns)
+        if req.method == b"GET" or req.method == b"HEAD":
+            if r.quorum:
+                return propose(app, encode_request(OP_QGET, r.path, recursive=r.recursive,
+                                                   sorted=r.sorted), False)
+            if r.wait:
+                return start_watch(app, r, conn)
+            return local_get(app, r.path, r.recursive, r.sorted, now_ns)
+    except V2Error as error:
+        return error_response(app, error)
+    return propose(app, encode_write(r), r.no_value)
+
+
+def local_get(app: App, path: str, recursive: bool, sorted: bool, now_ns: int) -> Response:
+    """A read from this member's store (not through the log)."""
+    try:
+        event = app.node.store.get(path, recursive, sorted, now_ns)
+    except V2Error as error:
+        return error_response(app, error)
+    return 200, event_headers(app, event.etcd_index), event.body
+
+
+def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | object:
+    """Register a watch (or answer it from history): headers now, the event as a chunk.
+
+    etcd quirk kept: a stream watch answered from history gets that one event and then
+    nothing more (the watcher is never registered).
+    """
+    node = app.node
+    watcher = Watcher(r.path, r.recursive, r.stream, r.wait_index, conn.transport, conn.watch_done)
+    start_index = node.store.index
+    event = node.hub.watch(watcher, start_index)  # may raise V2Error(401): answered normally
+    conn.start_chunked(200, event_headers(app, start_index))
+    if event is None:
+        conn.watching(watcher)
+        return WATCHING
+    body = event.body
+    conn.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+    if r.stream:
+        conn.watching(None)  # never ends: etcd's behaviour for a stream answered from history
+        return WATCHING
+    conn.transport.write(b"0\r\n\r\n")
+    return None

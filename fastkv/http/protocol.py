@@ -1,0 +1,406 @@
+"""One asyncio protocol per client connection: httptools parsing, pipelining, watches, limits.
+
+``data_received`` only feeds the parser; a request that cannot be parsed is answered with
+Go's ``400 Bad Request`` and the connection is closed. Complete requests are answered in
+order: at once when the handler answers synchronously (local reads), else the connection
+waits for the handler's coroutine (writes) or for the watch to end before it answers the
+next pipelined request. No exception from a handler reaches the event loop: it becomes a
+500 for that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+import httptools
+
+from fastkv import metrics
+from fastkv.http.endpoints import dispatch
+from fastkv.http.form import FormError, path_unescape
+from fastkv.http.keys import WATCHING
+from fastkv.http.responses import (
+    BAD_REQUEST,
+    BODY_TOO_LARGE,
+    HEADERS_TOO_LARGE,
+    INTERNAL_ERROR,
+    MISSING_HOST,
+    App,
+    Response,
+    http_date,
+    status_line,
+)
+
+__all__ = ["MAX_BODY_BYTES", "MAX_HEADER_BYTES", "REQUEST_TIMEOUT", "ConnectionSet", "HttpProtocol",
+           "Request"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 3 * 1024 * 1024 // 2  # 1.5 MiB, etcd's request size limit
+MAX_HEADER_BYTES = 1 << 20  # Go's DefaultMaxHeaderBytes
+MAX_PIPELINE = 32  # queued requests before the connection stops reading
+REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its last
+
+_CONNECTION_CLOSE = b"Connection: close\r\n"
+_CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RECEIVED: dict[bytes, Any] = {}  # etcd_http_received_total series by method
+
+
+class Request:
+    """One complete request. ``path`` is the decoded URL path, ``query`` the raw query."""
+
+    __slots__ = ("body", "content_type", "head", "http10", "keep_alive", "method", "origin", "path", "query",
+                 "version_header")
+
+    def __init__(self, method: bytes, path: str, query: bytes, body: bytes, content_type: bytes | None,
+                 origin: bytes | None, keep_alive: bool, http_version: str) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.body = body
+        self.content_type = content_type
+        self.origin = origin
+        self.keep_alive = keep_alive
+        self.head = method == b"HEAD"
+        self.http10 = http_version == "1.0"
+        if self.http10:
+            self.version_header = _CONNECTION_KEEP_ALIVE if keep_alive else b""
+        else:
+            self.version_header = b"" if keep_alive else _CONNECTION_CLOSE
+
+
+def split_target(target: bytes) -> tuple[str, bytes]:
+    """The decoded path and raw query of a request target; ``FormError`` when Go rejects it."""
+    if target[:1] != b"/":
+        if not target.startswith((b"http://", b"https://")):
+            raise FormError("invalid request URI")
+        url = httptools.parse_url(target)
+        return path_unescape(url.path or b"/"), url.query or b""
+    raw_path, _, query = target.partition(b"?")
+    raw_path = raw_path.partition(b"#")[0]
+    if b"%" in raw_path:
+        return path_unescape(raw_path), query
+    return raw_path.decode("utf-8", "surrogateescape"), query
+
+
+def _status_line(req: Request, status: int) -> bytes:
+    """Go answers in the request's protocol version."""
+    line = status_line(status)
+    return b"HTTP/1.0" + line[8:] if req.http10 else line
+
+
+class ConnectionSet:
+    """The live connections of one server and the sweep that closes stalled requests."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.connections: set[HttpProtocol] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, conn: HttpProtocol) -> None:
+        self.connections.add(conn)
+        if self._timer is None:
+            self._timer = self.loop.call_later(1.0, self.sweep)
+
+    def discard(self, conn: HttpProtocol) -> None:
+        self.connections.discard(conn)
+
+    def sweep(self) -> None:
+        """Close every connection whose current request started more than ``timeout`` ago."""
+        self._timer = None
+        deadline = self.loop.time() - self.timeout
+        for conn in [c for c in self.connections if 0 < c.request_started < deadline]:
+            conn.abort("request not completed in time")
+        if self.connections:
+            self._timer = self.loop.call_later(1.0, self.sweep)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for conn in list(self.connections):
+            conn.abort("server shutting down")
+
+
+class HttpProtocol(asyncio.Protocol):
+    """An HTTP/1.1 connection to a client."""
+
+    def __init__(self, app: App, connections: ConnectionSet) -> None:
+        # Per-connection state
+        self.app = app
+        self.connections = connections
+        self.loop = connections.loop
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Request] = deque()
+        self.busy = False  # a response (write, quorum read or watch) is in progress
+        self.closed = False
+        self.failed: bytes | None = None  # the final response once the input is unusable
+        self.write_paused = False
+        self.read_paused = False
+        self.watcher: Any = None
+        self.in_watch = False  # the response in progress is a watch
+        self.current: Request | None = None
+        self.eof = False
+        # Per-request state
+        self.request_started = 0.0
+        self.url = b""
+        self.content_type: bytes | None = None
+        self.origin: bytes | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.header_bytes = 0
+        self.has_host = False
+
+    # -- Protocol interface -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.connections.discard(self)
+        self.queue.clear()
+        self._drop_watcher()
+
+    def data_received(self, data: bytes) -> None:
+        if self.failed is not None or self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(BAD_REQUEST)
+        except httptools.HttpParserError:
+            self.fail(BAD_REQUEST)
+
+    def eof_received(self) -> bool | None:
+        """The client will send nothing more: end a watch, else answer what is pending first."""
+        self.eof = True
+        if self.in_watch or not (self.busy or self.queue):
+            return None  # the transport closes itself
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._maybe_resume_reading()
+
+    # -- Parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.request_started = self.loop.time()
+        self.url = b""
+        self.content_type = None
+        self.origin = None
+        self.body = []
+        self.body_size = 0
+        self.header_bytes = 0
+        self.has_host = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self.fail(HEADERS_TOO_LARGE)
+            return
+        size = len(name)
+        if size == 12 and name.lower() == b"content-type":
+            self.content_type = value
+        elif size == 4 and name.lower() == b"host":
+            self.has_host = True
+        elif size == 6:
+            lower = name.lower()
+            if lower == b"origin":
+                self.origin = value
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                self._continue()
+        elif (size == 14 and name.lower() == b"content-length" and value.strip().isdigit()
+              and int(value) > MAX_BODY_BYTES):
+            self.fail(BODY_TOO_LARGE)
+
+    def _continue(self) -> None:
+        """Answer ``Expect: 100-continue`` as Go does when a handler reads the body, but only
+        while nothing else is being written on this connection (else the client sends the
+        body after its own short delay)."""
+        if self.failed is None and not self.busy and not self.queue:
+            self.transport.write(CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > MAX_BODY_BYTES:
+            self.fail(BODY_TOO_LARGE)
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.request_started = 0.0
+        if self.failed is not None:
+            return
+        parser = self.parser
+        method = parser.get_method()
+        counter = _RECEIVED.get(method)
+        if counter is None:
+            counter = _RECEIVED[method] = metrics.http_received.labels(method.decode("latin-1"))
+        counter.inc()
+        if not self.has_host and parser.get_http_version() == "1.1":
+            self.fail(MISSING_HOST)
+            return
+        if self.url == b"*" and method == b"OPTIONS":
+            path, query = "*", b""
+        else:
+            try:
+                path, query = split_target(self.url)
+            except FormError:
+                self.fail(BAD_REQUEST)
+                return
+        request = Request(method, path, query, b"".join(self.body), self.content_type, self.origin,
+                          parser.should_keep_alive(), parser.get_http_version())
+        if self.busy or self.queue:
+            self.queue.append(request)
+            if len(self.queue) >= MAX_PIPELINE:
+                self._pause_reading()
+            return
+        self._answer(request)
+
+    # -- Answering ----------------------------------------------------------------------------
+
+    def _answer(self, req: Request) -> None:
+        """Answer ``req`` now, or start the work that will answer it (then ``busy``)."""
+        self.current = req
+        try:
+            result = dispatch(self.app, req, self)
+        except Exception:
+            log.exception("request %s %s failed", req.method, req.path)
+            result = INTERNAL_ERROR
+        if type(result) is tuple:
+            self.send(req, result)
+        elif result is None:
+            self._finished(req)
+        elif result is WATCHING:
+            self.busy = True
+        else:
+            self.busy = True
+            self.loop.create_task(self._answer_later(req, result))
+
+    async def _answer_later(self, req: Request, work: Any) -> None:
+        try:
+            response = await work
+        except Exception:
+            log.exception("request %s %s failed", req.method, req.path)
+            response = INTERNAL_ERROR
+        self.busy = False
+        if self.closed:
+            return
+        self.send(req, response)
+        self._drain()
+
+    def send(self, req: Request, response: Response) -> None:
+        """Write one complete response (no body for HEAD); close unless kept alive."""
+        status, headers, body = response
+        transport = self.transport
+        transport.write(b"".join((
+            _status_line(req, status), self.app.cors_headers(req.origin), headers,
+            b"Date: ", http_date(), b"\r\nContent-Length: %d\r\n" % len(body) if status != 204 else b"\r\n",
+            req.version_header, b"\r\n", b"" if req.head else body)))
+        self._finished(req)
+
+    def _finished(self, req: Request) -> None:
+        if not req.keep_alive:
+            self.queue.clear()
+            self.close()
+
+    def _drain(self) -> None:
+        """Answer queued requests until one has to wait; then the final answer or EOF close."""
+        while self.queue and not self.busy and not self.closed:
+            self._answer(self.queue.popleft())
+        if self.busy or self.closed:
+            return
+        self._maybe_resume_reading()
+        if self.failed is not None:
+            self.transport.write(self.failed)
+            self.close()
+        elif self.eof:
+            self.close()
+
+    def start_chunked(self, status: int, headers: bytes) -> None:
+        """Write the head of a chunked response (a watch) at once."""
+        req = self.current
+        assert req is not None
+        self.transport.write(b"".join((
+            _status_line(req, status), self.app.cors_headers(req.origin), headers,
+            b"Date: ", http_date(), b"\r\n", req.version_header, b"Transfer-Encoding: chunked\r\n\r\n")))
+
+    def watching(self, watcher: Any) -> None:
+        """The current request is a watch; ``watcher`` is registered with the hub (or None)."""
+        self.watcher = watcher
+        self.in_watch = True
+
+    def watch_done(self, *args: Any) -> None:
+        """The hub ended a non-stream watch (last chunk written): go on with the connection."""
+        self.watcher = None
+        self.in_watch = False
+        req = self.current
+        if self.closed or req is None:
+            return
+        if not req.keep_alive:
+            self.close()
+            return
+        self.busy = False
+        self.loop.call_soon(self._drain)  # not from inside the hub's notify
+
+    # -- Failure and closing ------------------------------------------------------------------
+
+    def fail(self, response: bytes) -> None:
+        """The input is unusable: answer what is queued, then ``response``, then close."""
+        if self.failed is not None:
+            return
+        self.failed = response
+        self.request_started = 0.0
+        self._pause_reading()
+        if not self.busy and not self.queue:
+            self._drain()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection without an answer (stalled request, shutdown)."""
+        log.debug("closing connection: %s", reason)
+        self.request_started = 0.0
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self._drop_watcher()
+            self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._drop_watcher()
+            self.transport.close()
+
+    def _drop_watcher(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            try:
+                self.app.node.hub.remove(watcher)
+            except Exception:
+                log.exception("removing a watcher failed")
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (self.read_paused and not self.write_paused and self.failed is None and not self.closed
+                and len(self.queue) < MAX_PIPELINE):
+            self.read_paused = False
+            self.transport.resume_reading()
