@@ -13,7 +13,8 @@ from setuptools import Extension, setup
 DEBUG = os.environ.get("FASTKV_DEBUG", "") not in ("", "0")
 NATIVE = Path("_native")
 
-macros = [("CYTHON_TRACE_NOGIL", "1"), ("CYTHON_TRACE", "1")] if DEBUG else [("CYTHON_WITHOUT_ASSERTIONS", "1")]
+DEBUG_MACROS = [("CYTHON_TRACE_NOGIL", "1"), ("CYTHON_TRACE", "1")]
+macros = DEBUG_MACROS if DEBUG else [("CYTHON_WITHOUT_ASSERTIONS", "1")]
 extensions = [
     Extension(f"fastkv._native.{pyx.stem}", [str(pyx)], define_macros=macros,
               extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"])
