@@ -1,0 +1,426 @@
+"""fleet's registry on a live etcd: the writes of ``fleetd.registry.layout`` performed with their
+preconditions, the reads parsed by its readers, the engine leader lease, watches and blob collection.
+
+Contracts shared by every method: an ``EtcdUnavailable`` from the client propagates (the caller decides
+whether to retry); a precondition that fails the way fleet expects it to fail is reported in the return
+value (``False``/``None``), never as an exception; any other etcd error propagates.
+
+Differences from fleet, all additive:
+
+* ``read`` takes the whole cluster in one quorum GET of the prefix (fleet: one GET per directory, and
+  once one per unit blob); parsed unit blobs are cached by hash, since a blob never changes.
+* ``watch_jobs`` also reports a destroyed unit (deletion of ``job/<name>``), and a resync marker when
+  etcd's event history was outrun, so a watcher never silently misses a change.
+* ``collect_garbage`` deletes ``unit/<hash>`` blobs that no job references (fleet never deletes them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleetd.etcd import (
+    EtcdClient,
+    EtcdCompareFailed,
+    EtcdKeyNotFound,
+    EtcdNodeExists,
+    EtcdResult,
+)
+from fleetd.job import JobState, Unit, UnitState
+from fleetd.machine import MachineState
+from fleetd.registry.layout import (
+    ENGINE_VERSION,
+    EtcdOp,
+    JobRecord,
+    Layout,
+    LayoutError,
+    Lease,
+    OpKind,
+    RegistrySnapshot,
+    Writes,
+    build_snapshot,
+    decode_lease,
+    decode_unit_blob,
+    read_jobs,
+    read_machines,
+    read_unit_states,
+)
+from fleetd.unit import UnitFile
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """The leader lease as stored: holder and version, the key's modifiedIndex (the CAS token) and
+    the seconds it had left when read (None if it has no TTL)."""
+
+    lease: Lease
+    index: int
+    ttl: float | None = None
+
+    @property
+    def machine_id(self) -> str:
+        return self.lease.machine_id
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRead:
+    """One consistent read of the registry and the etcd index it was taken at (watch from index+1)."""
+
+    snapshot: RegistrySnapshot
+    index: int
+    jobs: tuple[JobRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """A change under ``job/`` the engine and agents react to.
+
+    ``name`` is the unit's name; for a resync (etcd's history was outrun: re-read everything) it is
+    ``""`` and ``resync`` is True. ``index`` is where the next watch continues from minus one.
+    """
+
+    name: str
+    key: str
+    action: str
+    index: int
+
+    @property
+    def resync(self) -> bool:
+        return not self.name
+
+
+def _child_dirs(node: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """Last path component -> child node of a directory node."""
+    return {str(c.get("key", "")).rsplit("/", 1)[-1]: c for c in (node or {}).get("nodes") or []}
+
+
+class Registry:
+    """fleet's registry under ``layout``'s prefix, through ``client``."""
+
+    def __init__(self, client: EtcdClient, layout: Layout | None = None) -> None:
+        self.client = client
+        self.layout = layout or Layout()
+        self.writes = Writes(self.layout)
+        self._blobs: dict[str, UnitFile] = {}
+        self._garbage: dict[str, int] = {}
+
+    # -- writes ----------------------------------------------------------------------------------------
+
+    async def apply(self, op: EtcdOp) -> EtcdResult | None:
+        """Perform one ``EtcdOp``; a create that finds the key is None when ``ok_if_exists``."""
+        try:
+            if op.kind is OpKind.SET:
+                return await self.client.set(op.key, op.value, ttl=op.ttl, prev_exist=op.prev_exist,
+                                             prev_value=op.prev_value, prev_index=op.prev_index)
+            return await self.client.delete(op.key, recursive=op.recursive, prev_value=op.prev_value,
+                                            prev_index=op.prev_index)
+        except EtcdNodeExists:
+            if op.ok_if_exists:
+                return None
+            raise
+
+    async def _apply_quietly(self, op: EtcdOp) -> bool:
+        """``apply``, False when the precondition failed or the key is missing."""
+        try:
+            await self.apply(op)
+        except (EtcdKeyNotFound, EtcdCompareFailed, EtcdNodeExists):
+            return False
+        return True
+
+    # -- units -----------------------------------------------------------------------------------------
+
+    async def create_unit(self, unit: Unit) -> None:
+        """Store the unit: its blob (kept if present), its job object and its desired state.
+        Creating an existing name replaces its content and resets its desired state."""
+        for op in self.writes.create_unit(unit):
+            await self.apply(op)
+        self._blobs[unit.hash] = unit.unit_file
+
+    async def destroy_unit(self, name: str) -> bool:
+        """Delete ``job/<name>`` and everything under it; False if there was no such unit."""
+        return await self._apply_quietly(self.writes.destroy_unit(name))
+
+    async def set_target_state(self, name: str, state: JobState) -> None:
+        """Write the unit's desired state (only ``JobState`` values: fleet stored anything)."""
+        await self.apply(self.writes.set_target_state(name, JobState(state)))
+
+    async def unit_file(self, unit_hash: str) -> UnitFile | None:
+        """The unit file stored under ``unit/<hash>``, None if absent or not fleet's format."""
+        if unit_hash in self._blobs:
+            return self._blobs[unit_hash]
+        try:
+            result = await self.client.get(self.layout.unit_blob(unit_hash), quorum=True)
+            self._blobs[unit_hash] = decode_unit_blob(result.value or "")
+        except (EtcdKeyNotFound, LayoutError):
+            return None
+        return self._blobs[unit_hash]
+
+    async def get_unit(self, name: str) -> Unit | None:
+        """One unit (name, file, desired state), None if it does not exist or its blob is missing."""
+        try:
+            result = await self.client.get(self.layout.job_dir(name), recursive=True, quorum=True)
+        except EtcdKeyNotFound:
+            return None
+        jobs = read_jobs({"nodes": [result.node]})
+        unit_file = await self.unit_file(jobs[0].unit_hash.hex) if jobs else None
+        return Unit(name, unit_file, jobs[0].target_state) if jobs and unit_file else None
+
+    # -- schedule --------------------------------------------------------------------------------------
+
+    async def schedule_unit(self, name: str, machine_id: str) -> bool:
+        """Create ``job/<name>/target``; False if the unit is already scheduled somewhere."""
+        return await self._apply_quietly(self.writes.schedule_unit(name, machine_id))
+
+    async def unschedule_unit(self, name: str, machine_id: str) -> bool:
+        """Delete ``job/<name>/target`` if it still names ``machine_id``; False otherwise."""
+        return await self._apply_quietly(self.writes.unschedule_unit(name, machine_id))
+
+    # -- machines --------------------------------------------------------------------------------------
+
+    async def register_machine(self, machine: MachineState, ttl: float) -> bool:
+        """Create the machine's presence key with ``ttl``; False if a live machine has this ID."""
+        return await self._apply_quietly(self.writes.register_machine(machine, ttl))
+
+    async def beat_machine(self, machine: MachineState, ttl: float) -> None:
+        """Refresh the presence key (update-only), re-creating it if it had expired."""
+        try:
+            await self.apply(self.writes.beat_machine(machine, ttl))
+        except EtcdKeyNotFound:
+            await self.apply(self.writes.register_machine(machine, ttl))
+
+    async def remove_machine(self, machine_id: str) -> None:
+        """Delete the presence key (graceful shutdown); absent is fine."""
+        await self._apply_quietly(self.writes.remove_machine(machine_id))
+
+    async def set_machine_metadata(self, machine_id: str, name: str, value: str) -> None:
+        """Write dynamic metadata; ``""`` removes the key from the machine's merged metadata."""
+        await self.apply(self.writes.set_machine_metadata(machine_id, name, value))
+
+    async def machines(self) -> list[MachineState]:
+        """Live machines, sorted by ID, dynamic metadata merged."""
+        return read_machines(await self._get_dir(self.layout.machines_dir()))
+
+    # -- unit states and heartbeats ---------------------------------------------------------------------
+
+    async def save_unit_state(self, state: UnitState, ttl: float) -> None:
+        """Publish a unit's systemd state from its machine, living ``ttl`` seconds."""
+        for op in self.writes.save_unit_state(state, ttl):
+            await self.apply(op)
+
+    async def remove_unit_state(self, name: str, machine_id: str | None = None) -> None:
+        """Remove published states of ``name``: all of them (fleet), or only ``machine_id``'s (and the
+        legacy ``state/<name>`` only if that machine wrote it last)."""
+        if machine_id is None:
+            for op in self.writes.remove_unit_state(name):
+                await self._apply_quietly(op)
+            return
+        await self._delete_quietly(self.layout.unit_state(name, machine_id))
+        try:
+            legacy = await self.client.get(self.layout.legacy_unit_state(name))
+        except EtcdKeyNotFound:
+            return
+        if machine_id in (legacy.value or ""):
+            await self._apply_quietly(EtcdOp(OpKind.DELETE, legacy.key, prev_index=legacy.modified_index))
+
+    async def _delete_quietly(self, key: str) -> bool:
+        return await self._apply_quietly(EtcdOp(OpKind.DELETE, key))
+
+    async def unit_states(self) -> list[UnitState]:
+        """Every published unit state, sorted by (unit, machine)."""
+        return read_unit_states(await self._get_dir(self.layout.states_dir()))
+
+    async def job_heartbeat(self, name: str, machine_id: str, ttl: float) -> None:
+        """Say ``machine_id`` runs ``name`` (``job/<name>/job-state``), for ``ttl`` seconds."""
+        await self.apply(self.writes.job_heartbeat(name, machine_id, ttl))
+
+    async def clear_job_heartbeat(self, name: str) -> None:
+        """Remove the heartbeat after stopping the unit; absent is fine."""
+        await self._apply_quietly(self.writes.clear_job_heartbeat(name))
+
+    # -- reading the cluster ---------------------------------------------------------------------------
+
+    async def _get_dir(self, key: str) -> Mapping[str, Any] | None:
+        try:
+            return (await self.client.get(key, recursive=True, sort=True, quorum=True)).node
+        except EtcdKeyNotFound:
+            return None
+
+    async def read(self) -> ClusterRead:
+        """The whole registry in one quorum GET: units (with desired and current states), schedule,
+        machines and unit states, plus the index to watch from (``index + 1``)."""
+        try:
+            result = await self.client.get(self.layout.key(), recursive=True, sort=True, quorum=True)
+            root, index = result.node, result.etcd_index
+        except EtcdKeyNotFound as err:
+            root, index = None, err.index
+        parts = _child_dirs(root)
+        jobs = read_jobs(parts.get("job"))
+        blobs = self._parse_blobs(parts.get("unit"))
+        snapshot = build_snapshot(jobs, blobs, read_machines(parts.get("machines")),
+                                  read_unit_states(parts.get("states")))
+        return ClusterRead(snapshot, index, tuple(jobs))
+
+    def _parse_blobs(self, units_node: Mapping[str, Any] | None) -> dict[str, UnitFile]:
+        """Blobs by hash, parsing only those not cached yet; unparsable blobs are left out."""
+        blobs = {}
+        for name, node in _child_dirs(units_node).items():
+            if name not in self._blobs:
+                try:
+                    self._blobs[name] = decode_unit_blob(str(node.get("value", "")))
+                except LayoutError:
+                    continue
+            blobs[name] = self._blobs[name]
+        return blobs
+
+    async def units(self) -> dict[str, Unit]:
+        """Every unit by name."""
+        return dict((await self.read()).snapshot.units)
+
+    # -- engine version and leader lease ----------------------------------------------------------------
+
+    async def engine_version(self) -> int | None:
+        """The cluster's engine version, None if never set."""
+        try:
+            return int((await self.client.get(self.layout.engine_version(), quorum=True)).value or 0)
+        except EtcdKeyNotFound:
+            return None
+        except ValueError:
+            return 0
+
+    async def ensure_engine_version(self, version: int = ENGINE_VERSION) -> bool:
+        """Raise the cluster's engine version to ``version`` if lower; True if this engine may take part
+        (the cluster's version is not higher than ``version``)."""
+        for _ in range(3):
+            current = await self.engine_version()
+            if current is not None and current >= version:
+                return current == version
+            if await self._apply_quietly(self.writes.set_engine_version(version, current)):
+                return True
+        return False
+
+    @staticmethod
+    def _held(result: EtcdResult) -> HeldLease | None:
+        try:
+            lease = decode_lease(result.value or "")
+        except LayoutError:
+            return None
+        return HeldLease(lease, result.modified_index, result.ttl)
+
+    async def get_lease(self) -> HeldLease | None:
+        """The leader lease, None if nobody holds it (an unreadable value counts as held by nobody
+        known: a ``HeldLease`` with machine ID ``""`` and version 0)."""
+        try:
+            result = await self.client.get(self.layout.lease(), quorum=True)
+        except EtcdKeyNotFound:
+            return None
+        return self._held(result) or HeldLease(Lease("", 0), result.modified_index, result.ttl)
+
+    async def _write_lease(self, op: EtcdOp) -> HeldLease | None:
+        try:
+            result = await self.apply(op)
+        except (EtcdNodeExists, EtcdCompareFailed, EtcdKeyNotFound):
+            return None
+        return self._held(result) if result else None
+
+    async def acquire_lease(self, machine_id: str, ttl: float,
+                            version: int = ENGINE_VERSION) -> HeldLease | None:
+        """Take the free lease for ``ttl`` seconds; None if someone holds it."""
+        return await self._write_lease(self.writes.acquire_lease(machine_id, ttl, version))
+
+    async def renew_lease(self, held: HeldLease, ttl: float, machine_id: str | None = None,
+                          version: int | None = None) -> HeldLease | None:
+        """Extend ``held`` (or take it over for ``machine_id``: a steal) by CAS on its index; None if
+        it changed hands or expired meanwhile."""
+        op = self.writes.renew_lease(machine_id or held.machine_id, ttl, held.index,
+                                     held.lease.version if version is None else version)
+        return await self._write_lease(op)
+
+    async def release_lease(self, held: HeldLease) -> bool:
+        """Give the lease up if it is still ``held``."""
+        return await self._apply_quietly(self.writes.release_lease(held.index))
+
+    # -- watching --------------------------------------------------------------------------------------
+
+    async def watch_jobs(self, wait_index: int | None = None, *,
+                         triggers_only: bool = True) -> AsyncGenerator[JobEvent, None]:
+        """Changes under ``job/`` from ``wait_index`` on (``ClusterRead.index + 1`` to miss nothing).
+
+        With ``triggers_only`` only desired-state, target and unit-destroy changes are reported.
+        A resync event (``resync``) means etcd's history was outrun: read the registry again.
+        """
+        jobs_dir = self.layout.jobs_dir()
+        async for event in self.client.watch_forever(jobs_dir, recursive=True, wait_index=wait_index):
+            if event.action == "get":
+                yield JobEvent("", jobs_dir, "resync", event.etcd_index)
+                continue
+            parts = self.layout.relative(event.key)
+            destroyed = len(parts) == 2 and event.action in ("delete", "expire")
+            wanted = destroyed or self.layout.is_job_trigger(event.key) or not triggers_only
+            if len(parts) < 2 or not wanted:
+                continue
+            yield JobEvent(parts[1], event.key, event.action, event.modified_index)
+
+    # -- garbage ---------------------------------------------------------------------------------------
+
+    async def collect_garbage(self) -> list[str]:
+        """Delete unit blobs no job has referenced in this call and the previous one (and unchanged
+        since); returns the hashes deleted. Call it periodically from one place (the engine leader):
+        a unit being created between two calls keeps its blob because its job appears meanwhile."""
+        referenced = {job.unit_hash.hex for job in read_jobs(await self._get_dir(self.layout.jobs_dir()))}
+        try:
+            blobs = (await self.client.get(self.layout.units_dir(), quorum=True)).children
+        except EtcdKeyNotFound:
+            blobs = []
+        unreferenced = {str(n["key"]).rsplit("/", 1)[-1]: int(n.get("modifiedIndex", 0)) for n in blobs}
+        unreferenced = {h: i for h, i in unreferenced.items() if h not in referenced}
+        deleted = []
+        for unit_hash, index in sorted(unreferenced.items()):
+            if self._garbage.get(unit_hash) == index and await self._apply_quietly(
+                    EtcdOp(OpKind.DELETE, self.layout.unit_blob(unit_hash), prev_index=index)):
+                deleted.append(unit_hash)
+                self._blobs.pop(unit_hash, None)
+        self._garbage = {h: i for h, i in unreferenced.items() if h not in deleted}
+        return deleted
+
+
+class EngineLeadership:
+    """fleet's engine leader election over the lease (spec 5.3 step 2), one instance per engine.
+
+    ``step(now)`` is called every reconcile round and answers "am I the leader for this round":
+    the holder renews; others take a free lease, steal from a lower engine version (then lead only
+    once the old holder's TTL has run out), or follow. ``now`` is a monotonic clock in seconds.
+    """
+
+    def __init__(self, registry: Registry, machine_id: str, ttl: float,
+                 version: int = ENGINE_VERSION) -> None:
+        self.registry = registry
+        self.machine_id = machine_id
+        self.ttl = ttl
+        self.version = version
+        self.held: HeldLease | None = None
+        self._lead_from = 0.0
+
+    async def step(self, now: float | None = None) -> bool:
+        """Renew, acquire or steal the lease as fleet does; True while this engine leads."""
+        now = time.monotonic() if now is None else now
+        if self.held is not None:
+            self.held = await self.registry.renew_lease(self.held, self.ttl)
+            if self.held is not None:
+                return now >= self._lead_from
+        current = await self.registry.get_lease()
+        if current is None:
+            self.held = await self.registry.acquire_lease(self.machine_id, self.ttl, self.version)
+            self._lead_from = now
+        elif current.machine_id == self.machine_id or current.lease.version < self.version:
+            self.held = await self.registry.renew_lease(current, self.ttl, self.machine_id, self.version)
+            same = current.machine_id == self.machine_id
+            self._lead_from = now if same else now + (current.ttl or 0)
+        return self.held is not None and now >= self._lead_from
+
+    async def release(self) -> None:
+        """Give the lease up (graceful shutdown)."""
+        if self.held is not None:
+            await self.registry.release_lease(self.held)
+            self.held = None
