@@ -79,6 +79,14 @@ class Layout:
     def engine_version(self) -> str:
         return self.key("engine", "version")
 
+    def unplaced_dir(self) -> str:
+        """``engine/unplaced``: why the engine leaves units unscheduled (an addition to fleet's layout)."""
+        return self.key("engine", "unplaced")
+
+    def unplaced_reason(self, name: str) -> str:
+        """``engine/unplaced/<name>`` = the reason ``name`` wants to run but is not scheduled."""
+        return self.key("engine", "unplaced", name)
+
     def lease(self, name: str = ENGINE_LEADER_LEASE) -> str:
         return self.key("lease", name)
 
@@ -127,6 +135,15 @@ class Layout:
 
     def legacy_unit_state(self, name: str) -> str:
         return self.key("state", name)
+
+    # additions (not in fleet): where a machine's API is reached, why a unit is not placed
+    def machine_api(self, machine_id: str) -> str:
+        """``machines/<id>/api``: comma list of URLs of the machine's fleetd API (``http://``, ``unix://``)."""
+        return self.key("machines", machine_id, "api")
+
+    def placement_reason(self, name: str) -> str:
+        """``placement/<name>``: why the engine could not place the unit in its last round."""
+        return self.key("placement", name)
 
     def relative(self, key: str) -> list[str]:
         """The parts of ``key`` below the prefix (``[]`` for keys outside it)."""
@@ -482,6 +499,19 @@ class Writes:
         """fleet's ``RemoveUnitState``: delete ``state/<name>`` and the whole ``states/<name>`` directory."""
         return [EtcdOp(OpKind.DELETE, self.layout.legacy_unit_state(name)),
                 EtcdOp(OpKind.DELETE, self.layout.states_dir(name), recursive=True)]
+
+    def publish_api(self, machine_id: str, urls: str, ttl: float | None = None) -> EtcdOp:
+        """Write where the machine's API answers (``machines/<id>/api``); no TTL by default, it is only
+        read for machines whose presence key is live."""
+        return EtcdOp(OpKind.SET, self.layout.machine_api(machine_id), urls, ttl=ttl)
+
+    def set_placement_reason(self, name: str, reason: str, ttl: float) -> EtcdOp:
+        """Say why ``name`` could not be placed; the key expires after ``ttl`` unless rewritten."""
+        return EtcdOp(OpKind.SET, self.layout.placement_reason(name), reason, ttl=ttl)
+
+    def clear_placement_reason(self, name: str) -> EtcdOp:
+        """The unit was placed (or is gone): forget why it was not."""
+        return EtcdOp(OpKind.DELETE, self.layout.placement_reason(name))
 
     def acquire_lease(self, machine_id: str, ttl: float, version: int = ENGINE_VERSION) -> EtcdOp:
         """Create the leader lease (fails if held)."""

@@ -79,12 +79,14 @@ class JobEvent:
 
     ``name`` is the unit's name; for a resync (etcd's history was outrun: re-read everything) it is
     ``""`` and ``resync`` is True. ``index`` is where the next watch continues from minus one.
+    ``value`` is the key's new value (``""`` for deletions and directories).
     """
 
     name: str
     key: str
     action: str
     index: int
+    value: str = ""
 
     @property
     def resync(self) -> bool:
@@ -94,6 +96,12 @@ class JobEvent:
 def _child_dirs(node: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
     """Last path component -> child node of a directory node."""
     return {str(c.get("key", "")).rsplit("/", 1)[-1]: c for c in (node or {}).get("nodes") or []}
+
+
+def _leaf_values(node: Mapping[str, Any] | None) -> dict[str, str]:
+    """Last path component -> value of the files directly in a directory node."""
+    return {name: str(child.get("value", "")) for name, child in _child_dirs(node).items()
+            if not child.get("dir")}
 
 
 class Registry:
@@ -198,9 +206,45 @@ class Registry:
         """Write dynamic metadata; ``""`` removes the key from the machine's merged metadata."""
         await self.apply(self.writes.set_machine_metadata(machine_id, name, value))
 
+    async def machine_metadata(self, machine_id: str) -> dict[str, str]:
+        """The dynamic metadata written for ``machine_id`` (key -> value, ``""`` = removed key)."""
+        return _leaf_values(await self._get_dir(self.layout.key("machines", machine_id, "metadata")))
+
     async def machines(self) -> list[MachineState]:
         """Live machines, sorted by ID, dynamic metadata merged."""
         return read_machines(await self._get_dir(self.layout.machines_dir()))
+
+    async def publish_api_address(self, machine_id: str, urls: str, ttl: float | None = None) -> None:
+        """Publish the comma list of URLs the machine's fleetd API answers on (an addition to fleet)."""
+        await self.apply(self.writes.publish_api(machine_id, urls, ttl))
+
+    async def api_address(self, machine_id: str) -> list[str]:
+        """The URLs ``machine_id``'s API answers on, ``[]`` if it published none."""
+        return await self._read_list(self.layout.machine_api(machine_id))
+
+    async def _read_list(self, key: str) -> list[str]:
+        try:
+            value = (await self.client.get(key, quorum=True)).value or ""
+        except EtcdKeyNotFound:
+            return []
+        return [url.strip() for url in value.split(",") if url.strip()]
+
+    # -- placement reasons (an addition to fleet) --------------------------------------------------------
+
+    async def set_placement_reason(self, name: str, reason: str, ttl: float) -> None:
+        """Say why the engine could not place ``name`` this round (expires after ``ttl`` seconds)."""
+        await self.apply(self.writes.set_placement_reason(name, reason, ttl))
+
+    async def clear_placement_reason(self, name: str) -> None:
+        """Forget the placement reason of ``name``; absent is fine."""
+        await self._apply_quietly(self.writes.clear_placement_reason(name))
+
+    async def placement_reason(self, name: str) -> str | None:
+        """Why the engine last failed to place ``name``, None if it published no reason."""
+        try:
+            return (await self.client.get(self.layout.placement_reason(name), quorum=True)).value or None
+        except EtcdKeyNotFound:
+            return None
 
     # -- unit states and heartbeats ---------------------------------------------------------------------
 
@@ -273,6 +317,15 @@ class Registry:
                     continue
             blobs[name] = self._blobs[name]
         return blobs
+
+    async def jobs(self) -> tuple[list[JobRecord], int]:
+        """Every ``job/<name>`` record (no unit blobs, no states) in one quorum GET, and the etcd index
+        it was read at (watch ``job/`` from ``index + 1`` to miss nothing)."""
+        try:
+            result = await self.client.get(self.layout.jobs_dir(), recursive=True, sort=True, quorum=True)
+        except EtcdKeyNotFound as err:
+            return [], err.index
+        return read_jobs(result.node), result.etcd_index
 
     async def units(self) -> dict[str, Unit]:
         """Every unit by name."""
@@ -360,7 +413,21 @@ class Registry:
             wanted = destroyed or self.layout.is_job_trigger(event.key) or not triggers_only
             if len(parts) < 2 or not wanted:
                 continue
-            yield JobEvent(parts[1], event.key, event.action, event.modified_index)
+            yield JobEvent(parts[1], event.key, event.action, event.modified_index, event.value or "")
+
+    # -- why units are not scheduled ------------------------------------------------------------------
+
+    async def unplaced_reasons(self) -> dict[str, str]:
+        """Unit name -> why the engine leaves it unscheduled, as last published by the engine leader."""
+        return _leaf_values(await self._get_dir(self.layout.unplaced_dir()))
+
+    async def set_unplaced_reason(self, name: str, reason: str) -> None:
+        """Publish why ``name`` is not scheduled (the engine leader only)."""
+        await self.apply(EtcdOp(OpKind.SET, self.layout.unplaced_reason(name), reason))
+
+    async def clear_unplaced_reason(self, name: str) -> None:
+        """Withdraw the reason once ``name`` is scheduled or gone; absent is fine."""
+        await self._delete_quietly(self.layout.unplaced_reason(name))
 
     # -- garbage ---------------------------------------------------------------------------------------
 
