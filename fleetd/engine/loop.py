@@ -1,0 +1,213 @@
+"""The engine: one elected fleetd places units on machines (spec 5.3-5.6).
+
+Every fleetd runs an ``Engine`` (unless ``disable_engine``); each round it checks the cluster's engine
+version and takes part in the leader election through ``EngineLeadership`` (lease TTL = 5 x the
+reconcile interval). The leader reconciles: it reads the whole registry in one GET, computes
+``fleetd.engine.plan.plan`` and performs each task through the registry (create-only schedule,
+compare-and-delete unschedule), logging ``Scheduled Unit(x) to Machine(y)`` with the task's reason.
+
+When it reconciles: every ``interval`` seconds, and -- leader only -- at once on registry events that
+can change a decision: a unit's desired state, target or existence (``job/``), a machine appearing,
+leaving, expiring or changing metadata (``machines/``). Followers only renew their view of the lease.
+
+Additions to fleet:
+
+* Why a unit that wants to run is not scheduled is published under ``engine/unplaced/<name>``
+  (``Registry.unplaced_reasons``) for the API and fleetctl; the leader writes only changes and
+  withdraws a reason once the unit is placed or gone. A new leader first reads what is published.
+* Unit blobs no unit refers to any more are deleted every ``gc_interval`` seconds by the leader
+  (``Registry.collect_garbage``: a blob must be unreferenced on two consecutive passes).
+* A failed schedule/unschedule (someone changed the unit meanwhile) abandons the round's remaining
+  tasks, which were computed from a view now known to be stale, and reconciles again at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from fleetd.config import LEASE_TTL_FACTOR
+from fleetd.engine import plan as engine_plan
+from fleetd.engine.plan import EngineConfig, EnginePlan, EngineTask, EngineTaskKind, update_last_seen
+from fleetd.etcd import EtcdException, EtcdResult
+from fleetd.registry.registry import EngineLeadership, Registry
+
+log = logging.getLogger("fleetd.engine")
+
+#: Seconds between two garbage collections of unit blobs.
+GC_INTERVAL = 60.0
+#: Actions on a machine object that do not change what the engine sees (heartbeats).
+_QUIET_MACHINE_ACTIONS = frozenset({"update", "compareAndSwap"})
+
+
+def machine_event_matters(event: EtcdResult) -> bool:
+    """True for a ``machines/`` event that can change a scheduling decision: anything but a heartbeat
+    rewriting a machine's object with the same value."""
+    if event.action not in _QUIET_MACHINE_ACTIONS or not event.key.endswith("/object"):
+        return True
+    return (event.prev_node or {}).get("value") != event.value
+
+
+class Engine:
+    """The engine of one fleetd. ``run`` loops until cancelled; ``stop`` releases the lease."""
+
+    def __init__(self, registry: Registry, machine_id: str, *, interval: float,
+                 config: EngineConfig | None = None, watches: bool = True, gc_interval: float = GC_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.machine_id = machine_id
+        self.config = config or EngineConfig()
+        self.watches = watches
+        self.gc_interval = gc_interval
+        self.clock = clock
+        self.leadership = EngineLeadership(registry, machine_id, LEASE_TTL_FACTOR * interval)
+        self.interval = interval
+        self.leading = False
+        self._wake = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._published: dict[str, str] | None = None
+        self._last_seen: dict[str, float] = {}
+        self._last_gc = clock()
+
+    def set_interval(self, interval: float) -> None:
+        """Change the reconcile interval (and with it the lease TTL) from the next round on."""
+        self.interval = interval
+        self.leadership.ttl = LEASE_TTL_FACTOR * interval
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Take part in the election and reconcile while leading, until cancelled."""
+        try:
+            while True:
+                try:
+                    await self.round()
+                except EtcdException as err:
+                    log.warning("Engine round failed: %s", err)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                self._wake.clear()
+        finally:
+            await self._stop_watching()
+
+    async def stop(self) -> None:
+        """Give the lease up so another engine takes over at once (call after cancelling ``run``)."""
+        await self._stop_watching()
+        if self.leading:
+            log.info("Engine leadership released")
+        self.leading = False
+        try:
+            await self.leadership.release()
+        except EtcdException as err:
+            log.warning("Could not release the engine lease: %s", err)
+
+    # -- one round -------------------------------------------------------------------------------------
+
+    async def round(self) -> EnginePlan | None:
+        """Election step, then a reconcile when leading; the plan, or None when not leading."""
+        if not await self.registry.ensure_engine_version():
+            await self._set_leading(False, "the cluster runs a newer engine version")
+            return None
+        leading = await self.leadership.step(self.clock())
+        await self._set_leading(leading, "lease lost")
+        if not leading:
+            return None
+        return await self.reconcile()
+
+    async def _set_leading(self, leading: bool, why: str) -> None:
+        if leading and not self.leading:
+            log.info("Engine leadership acquired")
+        elif self.leading and not leading:
+            log.info("Engine leadership lost: %s", why)
+            await self._stop_watching()
+            self._published = None
+        self.leading = leading
+
+    async def reconcile(self) -> EnginePlan:
+        """Read the registry, plan, perform the tasks and publish why units stay unplaced."""
+        read = await self.registry.read()
+        snapshot = read.snapshot
+        now = self.clock()
+        forget_after = max(self.config.grace * 2, 60.0)
+        present = (m.id for m in snapshot.machines)
+        self._last_seen = update_last_seen(self._last_seen, present, now, forget_after)
+        plan = engine_plan.plan(snapshot.units, snapshot.schedule, snapshot.machines, now=now,
+                                machines_last_seen=self._last_seen, config=self.config)
+        for task in plan.tasks:
+            if not await self._perform(task):
+                self._wake.set()
+                break
+        reasons = {u.unit_name: u.reason for u in (*plan.unplaced, *plan.held)}
+        await self._publish_reasons(reasons)
+        if self.watches and self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._watch(read.index + 1))
+        if now - self._last_gc >= self.gc_interval:
+            self._last_gc = now
+            for unit_hash in await self.registry.collect_garbage():
+                log.info("Deleted unused unit file %s", unit_hash)
+        return plan
+
+    async def _perform(self, task: EngineTask) -> bool:
+        """Write one task; False (logged) when its precondition no longer holds."""
+        if task.kind is EngineTaskKind.SCHEDULE:
+            done = await self.registry.schedule_unit(task.unit_name, task.machine_id)
+        else:
+            done = await self.registry.unschedule_unit(task.unit_name, task.machine_id)
+        if done:
+            log.info("%s: %s", task.describe(), task.reason)
+        else:
+            log.info("Engine task %s not done: the unit changed meanwhile; reconciling again", task)
+        return done
+
+    async def _publish_reasons(self, reasons: Mapping[str, str]) -> None:
+        """Make ``engine/unplaced/`` equal ``reasons``, writing only the differences."""
+        if self._published is None:
+            self._published = await self.registry.unplaced_reasons()
+        for name, reason in sorted(reasons.items()):
+            if self._published.get(name) != reason:
+                log.info("Unit(%s) not scheduled: %s", name, reason)
+                await self.registry.set_unplaced_reason(name, reason)
+                self._published[name] = reason
+        for name in sorted(set(self._published) - set(reasons)):
+            await self.registry.clear_unplaced_reason(name)
+            del self._published[name]
+
+    # -- watching --------------------------------------------------------------------------------------
+
+    async def _watch(self, index: int) -> None:
+        """Wake the reconcile on job and machine changes from ``index`` on, until cancelled."""
+        await asyncio.gather(self._watch_jobs(index), self._watch_machines(index))
+
+    async def _watch_jobs(self, index: int) -> None:
+        while True:
+            try:
+                async for _ in self.registry.watch_jobs(index):
+                    self._wake.set()
+            except EtcdException as err:
+                log.debug("Engine job watch failed: %s", err)
+                await asyncio.sleep(1.0)
+                index = 0
+
+    async def _watch_machines(self, index: int) -> None:
+        machines = self.registry.layout.machines_dir()
+        while True:
+            try:
+                async for event in self.registry.client.watch_forever(machines, recursive=True,
+                                                                      wait_index=index):
+                    if event.action == "get" or machine_event_matters(event):
+                        self._wake.set()
+            except EtcdException as err:
+                log.debug("Engine machine watch failed: %s", err)
+                await asyncio.sleep(1.0)
+                index = 0
+
+    async def _stop_watching(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+

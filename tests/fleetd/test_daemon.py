@@ -1,0 +1,349 @@
+"""fleetd as a user runs it: three real fleetd processes (built-in supervisor, real ``/bin/sleep`` units)
+over the reference etcd. Units are submitted by writing the registry, as ``fleetctl --driver=etcd``
+does; what runs is checked in the registry and in ``/proc``."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from fleetd.daemon import Options, build_config, parse_args
+from fleetd.etcd import EtcdClient
+from fleetd.job import JobState, Unit
+from fleetd.registry.layout import Layout, RegistrySnapshot
+from fleetd.registry.registry import Registry
+from fleetd.unit import UnitFile
+from tests import harness
+
+T = TypeVar("T")
+PREFIX = "/fleet-test/"
+IDS = ("1" * 32, "2" * 32, "3" * 32)
+METADATA = ("role=web,disk=ssd", "role=web", "role=db")
+TTL = 2
+
+
+def sleeper(extra: str = "") -> UnitFile:
+    return UnitFile.from_text(f"[Service]\nExecStart=/bin/sleep 1000\n{extra}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line (no processes)
+
+
+def test_version_and_bad_flags() -> None:
+    for argv in (["-version"], ["--version"], ["version"]):
+        done = subprocess.run([sys.executable, "-m", "fleetd.daemon", *argv], capture_output=True, text=True,
+                              timeout=30, check=False)
+        assert (done.returncode, done.stdout) == (0, "fleetd version 1.0.0\n")
+    done = subprocess.run([sys.executable, "-m", "fleetd.daemon", "-no_such_flag"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "flag provided but not defined: -no_such_flag" in done.stderr
+
+
+def test_every_config_key_is_a_flag_and_flags_win(tmp_path: Path) -> None:
+    conf = tmp_path / "fleet.conf"
+    conf.write_text("metadata = region=file\nagent_ttl = 30s\nengine_reconcile_interval = 3\n")
+    options = parse_args(["-config", str(conf), "--metadata=region=flag", "-agent-ttl", "5s",
+                          "-disable_engine", "-keep_units_on_exit"])
+    assert options == Options(str(conf), {"metadata": "region=flag", "agent_ttl": "5s",
+                                          "disable_engine": "true"}, keep_units_on_exit=True)
+    config = build_config(options, {"FLEET_METADATA": "region=env", "FLEET_ENGINE_RECONCILE_INTERVAL": "7"})
+    assert dict(config.metadata) == {"region": "flag"}
+    assert (config.agent_ttl, config.engine_reconcile_interval, config.disable_engine) == (5.0, 7.0, True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A cluster of real processes
+
+
+def _alive(pid: int | None) -> bool:
+    """True for a live, non-zombie process."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+@dataclass
+class Fleetd:
+    """One fleetd process with its own machine ID, metadata, state directory and log."""
+
+    machine_id: str
+    home: Path
+    etcd_url: str
+    metadata: str
+    api_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def units_dir(self) -> Path:
+        return self.home / "units"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "fleet.conf"
+
+    def write_config(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(f"etcd_servers = {self.etcd_url}\netcd_key_prefix = {PREFIX}\n"
+                        f"machine_id = {self.machine_id}\nmetadata = {self.metadata}\npublic_ip = 127.0.0.1\n"
+                        f"agent_ttl = {TTL}s\nengine_reconcile_interval = 0.5\n"
+                        f"units_directory = {self.units_dir}\nruntime = supervisor\n"
+                                    f"api_listen = {f'127.0.0.1:{self.api_port}' if self.api_port else ''}\n")
+
+    def start(self, *flags: str) -> Fleetd:
+        self.write_config()
+        log_path = self.home / f"fleetd.{len(self.logs)}.log"
+        self.logs.append(log_path)
+        argv = [sys.executable, "-m", "fleetd.daemon", "-config", str(self.config_file), *flags]
+        with open(log_path, "wb") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.logs[-1].read_text(errors="replace") if self.logs else ""
+
+    def send(self, sig: int) -> int:
+        """Send ``sig`` and wait for the exit status."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(20)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def unit_pid(self, name: str) -> int | None:
+        """The main PID of ``name`` as run by this machine's supervisor, if that process lives."""
+        try:
+            pid = json.loads((self.units_dir / "run" / f"{name}.json").read_text()).get("main_pid")
+        except (OSError, ValueError):
+            return None
+        return pid if isinstance(pid, int) and _alive(pid) else None
+
+    def kill_orphans(self) -> None:
+        """SIGKILL the unit processes this machine left behind (after a crash), by their PIDs."""
+        for record in (self.units_dir / "run").glob("*.json"):
+            pid = json.loads(record.read_text()).get("main_pid")
+            if isinstance(pid, int) and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Cluster:
+    """The reference etcd and three fleetds; registry helpers run on a fresh event loop per call."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.etcd = harness.reference_etcd(tmp).start()
+        self.machines = [Fleetd(mid, tmp / f"m{i + 1}", self.etcd.url, meta)
+                         for i, (mid, meta) in enumerate(zip(IDS, METADATA, strict=True))]
+        self.machines[0].api_port = harness.free_port()  # the others serve no API
+        for machine in self.machines:
+            machine.start()
+
+    def registry(self, action: Callable[[Registry], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with EtcdClient([self.etcd.url]) as client:
+                return await action(Registry(client, Layout(PREFIX)))
+        return asyncio.run(main())
+
+    def snapshot(self) -> RegistrySnapshot:
+        async def read(reg: Registry) -> RegistrySnapshot:
+            return (await reg.read()).snapshot
+        return self.registry(read)
+
+    def submit(self, *units: tuple[str, UnitFile]) -> None:
+        async def create(reg: Registry) -> None:
+            for name, unit_file in units:
+                await reg.create_unit(Unit(name, unit_file, JobState.LAUNCHED))
+        self.registry(create)
+
+    def destroy(self, *names: str) -> None:
+        async def destroy(reg: Registry) -> None:
+            for name in names:
+                await reg.destroy_unit(name)
+        self.registry(destroy)
+
+    def machine(self, machine_id: str) -> Fleetd:
+        return next(m for m in self.machines if m.machine_id == machine_id)
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+        """Poll ``check`` until it returns something truthy; fail with ``what`` and the logs otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {m.machine_id[:8]}\n{m.log()[-3000:]}" for m in self.machines)
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def running(self, name: str) -> str | None:
+        """The machine ``name`` is scheduled to, once that machine runs it and says so in the registry."""
+        snap = self.snapshot()
+        target = snap.schedule.get(name)
+        if not target or snap.current_states.get(name) is not JobState.LAUNCHED:
+            return None
+        states = {s.machine_id: s for s in snap.unit_states if s.unit_name == name}
+        state = states.get(target)
+        if state is None or (state.active_state, state.sub_state) != ("active", "running"):
+            return None
+        return target if self.machine(target).unit_pid(name) else None
+
+    def destroy_and_wait(self, *names: str) -> None:
+        self.destroy(*names)
+        self.wait(f"{names} stopped everywhere", lambda: not any(
+            m.unit_pid(n) for m in self.machines for n in names))
+
+    def close(self) -> None:
+        for machine in self.machines:
+            machine.kill()
+            machine.kill_orphans()
+        self.etcd.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("fleet"))
+    try:
+        cluster.wait("three machines", lambda: len(cluster.snapshot().machines) == 3)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_api_is_served_once_registered(cluster: Cluster) -> None:
+    url = f"http://127.0.0.1:{cluster.machines[0].api_port}/fleet/v1/machines"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.load(response)
+    assert sorted(m["id"] for m in body["machines"]) == sorted(IDS)
+
+
+def test_units_are_spread_over_idle_machines_and_run(cluster: Cluster) -> None:
+    names = ("a.service", "b.service", "c.service")
+    cluster.submit(*((name, sleeper()) for name in names))
+    placed = [cluster.wait(f"{name} running", functools.partial(cluster.running, name)) for name in names]
+    assert sorted(placed) == sorted(IDS)
+    machines = {m.id: m for m in cluster.snapshot().machines}
+    assert machines[IDS[0]].metadata == {"role": "web", "disk": "ssd"}
+    assert machines[IDS[0]].public_ip == "127.0.0.1"
+    assert "Scheduled Unit(a.service) to Machine(" in "".join(m.log() for m in cluster.machines)
+    cluster.destroy_and_wait(*names)
+    cluster.wait("unit states withdrawn", lambda: not cluster.snapshot().unit_states)
+
+
+def test_machine_of_conflicts_global_and_unplaced_reasons(cluster: Cluster) -> None:
+    conflicts = [f"conflict.{i}.service" for i in range(4)]
+    cluster.submit(("ping.service", sleeper()),
+                   ("pong.service", sleeper("[X-Fleet]\nMachineOf=ping.service\n")),
+                   *((name, sleeper("[X-Fleet]\nConflicts=conflict.*.service\n")) for name in conflicts),
+                   ("mon.service", sleeper("[X-Fleet]\nGlobal=true\nMachineMetadata=role=web\n")),
+                   ("nowhere.service", sleeper("[X-Fleet]\nMachineMetadata=role=none\n")))
+    ping = cluster.wait("ping running", lambda: cluster.running("ping.service"))
+    assert cluster.wait("pong running", lambda: cluster.running("pong.service")) == ping
+
+    def conflicts_settled() -> list[str] | None:
+        placed = [m for m in map(cluster.running, conflicts) if m]
+        return placed if len(placed) == 3 else None
+    assert len(set(cluster.wait("3 conflicting units running", conflicts_settled))) == 3
+
+    web = [m for m in cluster.machines if "role=web" in m.metadata]
+    cluster.wait("global unit on web machines", lambda: all(m.unit_pid("mon.service") for m in web))
+    assert not cluster.machine(IDS[2]).unit_pid("mon.service")
+    reasons = cluster.wait("unplaced reasons", lambda: (lambda r: r if len(r) == 2 else None)(
+        cluster.registry(lambda reg: reg.unplaced_reasons())))
+    unplaced = next(name for name in conflicts if name in reasons)
+    assert "conflict" in reasons[unplaced]
+    assert "metadata" in reasons["nowhere.service"]
+
+    cluster.destroy_and_wait("ping.service", "pong.service", "mon.service", "nowhere.service", *conflicts)
+    cluster.wait("reasons withdrawn", lambda: not cluster.registry(lambda reg: reg.unplaced_reasons()))
+
+
+def test_units_of_a_killed_machine_move_after_agent_ttl(cluster: Cluster) -> None:
+    cluster.submit(("ping.service", sleeper()),
+                   ("pong.service", sleeper("[X-Fleet]\nMachineOf=ping.service\n")))
+    first = cluster.wait("ping running", lambda: cluster.running("ping.service"))
+    assert cluster.wait("pong running", lambda: cluster.running("pong.service")) == first
+    victim = cluster.machine(first)
+    orphan = victim.unit_pid("ping.service")
+    victim.kill()
+    cluster.wait("machine gone", lambda: first not in {m.id for m in cluster.snapshot().machines}, TTL + 5)
+    moved = cluster.wait("ping moved", lambda: (lambda m: m if m and m != first else None)(
+        cluster.running("ping.service")))
+    assert cluster.wait("pong moved", lambda: cluster.running("pong.service")) == moved
+    assert _alive(orphan)  # a crashed fleetd's units run on: nothing could stop them
+
+    victim.start()  # the restarted agent finds units that are scheduled elsewhere now and stops them
+    cluster.wait("orphans stopped", lambda: not _alive(orphan) and not victim.unit_pid("pong.service"))
+    assert 'type=UnloadUnit job=ping.service reason="unit loaded but not scheduled here"' in victim.log()
+    cluster.destroy_and_wait("ping.service", "pong.service")
+
+
+def test_sigquit_restart_keeps_units_running(cluster: Cluster) -> None:
+    m1 = cluster.machine(IDS[0])
+    cluster.submit(("keep.service", sleeper(f"[X-Fleet]\nMachineID={IDS[0]}\n")))
+    cluster.wait("keep running", lambda: cluster.running("keep.service"))
+    pid = m1.unit_pid("keep.service")
+    assert m1.send(signal.SIGQUIT) == 0
+    assert _alive(pid)
+    m1.start()
+    cluster.wait("registration taken over", lambda: "Took over the registration" in m1.log())
+    ready = "Agent ready: 1 unit(s) wanted here, 1 loaded"
+    cluster.wait("the new agent reconciled", lambda: ready in m1.log())
+    time.sleep(1.0)  # a window in which a wrong restart or unload would show
+    assert m1.unit_pid("keep.service") == pid
+    assert cluster.running("keep.service") == IDS[0]
+    assert "job=keep.service" not in m1.log()
+    cluster.destroy_and_wait("keep.service")
+
+
+def test_sighup_reloads_metadata(cluster: Cluster) -> None:
+    m3 = cluster.machine(IDS[2])
+    cluster.submit(("mon.service", sleeper("[X-Fleet]\nGlobal=true\nMachineMetadata=role=web\n")))
+    cluster.wait("global unit on web machines", lambda: cluster.machine(IDS[1]).unit_pid("mon.service"))
+    assert not m3.unit_pid("mon.service")
+    m3.metadata = "role=web"
+    m3.write_config()
+    assert m3.process is not None
+    m3.process.send_signal(signal.SIGHUP)
+    cluster.wait("global unit on the reconfigured machine", lambda: m3.unit_pid("mon.service"))
+    machines = {m.id: m for m in cluster.snapshot().machines}
+    assert machines[IDS[2]].metadata == {"role": "web"}
+    assert "Reloading configuration from" in m3.log()
+    cluster.destroy_and_wait("mon.service")
+
+
+def test_sigterm_stops_units_and_leaves(cluster: Cluster) -> None:
+    m3 = cluster.machine(IDS[2])
+    cluster.submit(("pinned.service", sleeper(f"[X-Fleet]\nMachineID={IDS[2]}\n")))
+    cluster.wait("pinned running", lambda: cluster.running("pinned.service"))
+    pid = m3.unit_pid("pinned.service")
+    assert m3.send(signal.SIGTERM) == 0
+    assert not _alive(pid)
+    snap = cluster.snapshot()
+    assert IDS[2] not in {m.id for m in snap.machines}
+    assert not [s for s in snap.unit_states if s.machine_id == IDS[2]]
+    assert "purging agent" in m3.log()
+    reasons = cluster.wait("pinned unplaced", lambda: cluster.registry(lambda reg: reg.unplaced_reasons()))
+    assert "does not match" in reasons["pinned.service"]
+    cluster.destroy("pinned.service")
