@@ -1,0 +1,1 @@
+"""The differential suite: the same requests to the reference etcd and to fastkv, compared."""
