@@ -1,1 +1,1 @@
-"""fastkv.storage"""
+"""What a member keeps on disk: the data directory layout and store snapshots."""

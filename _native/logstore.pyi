@@ -1,0 +1,39 @@
+"""The replicated log on LMDB: entries ``(index, term, type, data)`` with a CRC each, the hard
+state ``(term, vote, commit)``, a compaction point and small metadata. One ``append`` is one
+write transaction and one sync."""
+
+ENTRY_NORMAL: int
+ENTRY_CONF: int
+ENTRY_SYNC: int
+ENTRY_EMPTY: int
+
+Entry = tuple[int, int, int, bytes]
+
+class CorruptLogError(Exception):
+    """The log on disk is damaged (CRC mismatch, malformed record, unreadable LMDB file)."""
+
+class LogFullError(Exception):
+    """An append failed because the map or the disk is full; nothing of it was written."""
+
+class LogStore:
+    path: str
+    first_index: int
+    last_index: int
+    compacted_index: int
+    compacted_term: int
+    def __init__(self, path: str, map_size: int = 1 << 30) -> None: ...
+    @property
+    def hard_state(self) -> tuple[int, int, int]: ...
+    def append(self, entries: list[Entry], hard_state: tuple[int, int, int] | None = None) -> None:
+        """Write entries (consecutive, starting in ``first_index .. last_index + 1``; later
+        entries are replaced) and the hard state in one synced transaction."""
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries ``lo <= index < hi``, CRC-checked; ``IndexError`` when ``lo`` is compacted."""
+    def term(self, index: int) -> int:
+        """Term of a held entry or of the compaction point; ``IndexError`` otherwise."""
+    def compact(self, upto_index: int) -> None:
+        """Drop entries ``<= upto_index``."""
+    def get_meta(self, key: bytes) -> bytes | None: ...
+    def put_meta(self, key: bytes, value: bytes) -> None: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...

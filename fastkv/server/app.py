@@ -1,0 +1,135 @@
+"""The server process: settings -> data directory -> node -> client listeners -> run until a signal.
+
+``run(settings)`` returns the process exit code: 0 after a graceful stop (SIGTERM/SIGINT:
+listeners closed, the batch in flight synced and applied, the log closed), 1 when the data
+directory cannot be used or a listen address is taken. Messages go to stderr in etcd's
+``<date> <time> <level> | <package>: <text>`` shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from fastkv import identity
+from fastkv._native.logstore import CorruptLogError
+from fastkv.server.node import Node, NodeConfig
+from fastkv.settings import Settings
+from fastkv.storage.datadir import DataDir, DataDirError, Identity, open_data_dir
+from fastkv.storage.snapshot import SnapshotError
+
+VERSION = "3.4.23"
+log = logging.getLogger("fastkv.server")
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+           "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+class _EtcdFormatter(logging.Formatter):
+    """``2026-11-28 00:58:00.156422 I | etcdserver: text``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        micros = int((record.created % 1) * 1_000_000)
+        package = record.name.rsplit(".", 1)[-1]
+        return f"{stamp}.{micros:06d} {record.levelname[0]} | {package}: {record.getMessage()}"
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EtcdFormatter())
+    root = logging.getLogger("fastkv")
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+    root.propagate = False
+
+
+def node_config(settings: Settings) -> NodeConfig:
+    """Member and cluster ids from the flags, computed as etcd computes them."""
+    token = settings.initial_cluster_token
+    peers = dict(settings.initial_cluster)
+    initial = tuple((identity.member_id(list(urls), token), tuple(urls)) for urls in peers.values())
+    own_urls = tuple(peers.get(settings.name) or settings.initial_advertise_peer_urls)
+    return NodeConfig(
+        name=settings.name,
+        member_id=identity.member_id(list(own_urls), token),
+        cluster_id=identity.cluster_id([mid for mid, _ in initial]),
+        peer_urls=own_urls,
+        client_urls=tuple(settings.advertise_client_urls),
+        initial_members=initial,
+        token=token,
+        snapshot_count=settings.snapshot_count,
+        strict_reconfig=settings.strict_reconfig_check,
+    )
+
+
+def open_member(settings: Settings) -> tuple[DataDir, Node]:
+    """Open and check the data directory and recover the node from it (``DataDirError`` if unusable)."""
+    config = node_config(settings)
+    data_dir = open_data_dir(settings.data_dir,
+                             Identity(config.name, config.member_id, config.cluster_id, config.token),
+                             check_member_id=settings.initial_cluster_state == "new")
+    ident = data_dir.identity
+    config = NodeConfig(**{**config.__dict__, "member_id": ident.member_id, "cluster_id": ident.cluster_id})
+    try:
+        node = Node(data_dir.log, data_dir.snapshots, config)
+    except (CorruptLogError, SnapshotError) as exc:
+        data_dir.close()
+        raise DataDirError(f"data directory {settings.data_dir} is damaged: {exc}") from None
+    return data_dir, node
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit code."""
+    configure_logging(settings.log_level)
+    log.info("fastkv Version: %s (etcd v2 API)", VERSION)
+    log.info("name = %s", settings.name)
+    log.info("data dir = %s", settings.data_dir)
+    try:
+        data_dir, node = open_member(settings)
+    except DataDirError as exc:
+        log.critical("%s", exc)
+        return 1
+    log.info("%s member %x in cluster %x", "starting" if data_dir.fresh else "restarting",
+             node.member_id, node.cluster_id)
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(node, settings))
+    finally:
+        data_dir.close()
+
+
+async def _serve(node: Node, settings: Settings) -> int:
+    from fastkv import http
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    if node.state == "StateLeader":
+        log.info("%x became leader at term %d", node.member_id, node.raft_term)
+        log.info("published {Name:%s ClientURLs:[%s]} to cluster %x", node.name,
+                 " ".join(settings.advertise_client_urls), node.cluster_id)
+    try:
+        servers = await http.start_client_listeners(node, settings)
+    except OSError as exc:
+        log.critical("cannot listen on the client URLs %s: %s", ", ".join(settings.listen_client_urls), exc)
+        await node.stop()
+        return 1
+    for url in settings.listen_client_urls:
+        log.info("serving client requests on %s", url)
+    log.info("ready to serve client requests")
+    await stop.wait()
+    log.info("received a stop signal, shutting down")
+    for server in servers:
+        server.close()
+    await node.stop()
+    await asyncio.sleep(0.05)  # let the handlers of the last committed proposals write their answers
+    log.info("stopped")
+    return 0

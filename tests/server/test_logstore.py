@@ -1,0 +1,143 @@
+"""The LMDB log: what it keeps, what it drops, and that damage is reported rather than served."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from fastkv._native.logstore import (
+    ENTRY_EMPTY,
+    ENTRY_NORMAL,
+    ENTRY_SYNC,
+    CorruptLogError,
+    LogFullError,
+    LogStore,
+)
+
+
+def entries(lo: int, hi: int, term: int = 1) -> list[tuple[int, int, int, bytes]]:
+    return [(i, term, ENTRY_NORMAL, b"data-%d" % i) for i in range(lo, hi)]
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> LogStore:
+    store = LogStore(str(tmp_path / "log"))
+    yield store
+    store.close()
+
+
+def test_a_new_log_is_empty(log: LogStore) -> None:
+    assert (log.first_index, log.last_index) == (1, 0)
+    assert log.hard_state == (0, 0, 0)
+    assert log.entries(1, 10) == []
+    assert log.term(0) == 0
+
+
+def test_append_and_read_back(log: LogStore) -> None:
+    log.append(entries(1, 4), (1, 7, 3))
+    log.append([(4, 2, ENTRY_EMPTY, b""), (5, 2, ENTRY_SYNC, b"123")], None)
+    assert (log.first_index, log.last_index) == (1, 5)
+    assert log.entries(2, 5) == [(2, 1, 0, b"data-2"), (3, 1, 0, b"data-3"), (4, 2, ENTRY_EMPTY, b"")]
+    assert log.entries(5, 100) == [(5, 2, ENTRY_SYNC, b"123")]
+    assert [log.term(i) for i in range(1, 6)] == [1, 1, 1, 2, 2]
+    assert log.hard_state == (1, 7, 3)
+    with pytest.raises(IndexError):
+        log.term(6)
+
+
+def test_append_at_a_conflict_replaces_the_tail(log: LogStore) -> None:
+    log.append(entries(1, 6), None)
+    log.append(entries(3, 4, term=2), None)
+    assert log.last_index == 3
+    assert log.entries(1, 10)[-1] == (3, 2, ENTRY_NORMAL, b"data-3")
+
+
+def test_append_refuses_gaps(log: LogStore) -> None:
+    log.append(entries(1, 3), None)
+    with pytest.raises(ValueError):
+        log.append(entries(5, 6), None)
+    with pytest.raises(ValueError):
+        log.append([(3, 1, 0, b""), (5, 1, 0, b"")], None)
+    assert log.last_index == 2
+
+
+def test_everything_survives_a_reopen(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 11), (3, 1, 10))
+    log.compact(4)
+    log.put_meta(b"member", b"abc")
+    log.close()
+    log = LogStore(str(tmp_path / "log"))
+    assert (log.first_index, log.last_index, log.hard_state) == (5, 10, (3, 1, 10))
+    assert log.get_meta(b"member") == b"abc"
+    assert log.get_meta(b"other") is None
+    assert log.entries(5, 11) == entries(5, 11)
+    log.close()
+
+
+def test_compact_drops_the_prefix_and_keeps_its_term(log: LogStore) -> None:
+    log.append(entries(1, 6, term=3), None)
+    log.compact(3)
+    assert (log.first_index, log.last_index) == (4, 5)
+    assert log.term(3) == 3
+    with pytest.raises(IndexError):
+        log.entries(2, 5)
+    with pytest.raises(IndexError):
+        log.term(2)
+    log.compact(5)
+    assert (log.first_index, log.last_index) == (6, 5)
+    log.append(entries(6, 7), None)
+    assert log.entries(6, 7) == entries(6, 7)
+
+
+def _rewrite_entry(path: Path, index: int, change) -> None:
+    env = lmdb.open(str(path), max_dbs=4)
+    db = env.open_db(b"entries")
+    with env.begin(write=True) as txn:
+        key = struct.pack(">Q", index)
+        txn.put(key, change(bytes(txn.get(key, db=db))), db=db)
+    env.close()
+
+
+def test_a_flipped_byte_is_reported(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 4), None)
+    log.close()
+    _rewrite_entry(tmp_path / "log", 2, lambda v: v[:-1] + bytes([v[-1] ^ 0x40]))
+    log = LogStore(str(tmp_path / "log"))
+    assert log.entries(1, 2) == entries(1, 2)
+    with pytest.raises(CorruptLogError, match="entry 2"):
+        log.entries(1, 4)
+    log.close()
+
+
+def test_a_truncated_entry_is_reported(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 3), None)
+    log.close()
+    _rewrite_entry(tmp_path / "log", 1, lambda v: v[:5])
+    log = LogStore(str(tmp_path / "log"))
+    with pytest.raises(CorruptLogError):
+        log.term(1)
+    log.close()
+
+
+def test_a_garbage_file_is_a_corrupt_log(tmp_path: Path) -> None:
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "data.mdb").write_bytes(b"this is not lmdb" * 1000)
+    with pytest.raises(CorruptLogError):
+        LogStore(str(tmp_path / "log"))
+
+
+def test_a_full_map_is_a_clear_error_and_keeps_the_log(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"), map_size=256 * 1024)
+    log.append(entries(1, 3), None)
+    with pytest.raises(LogFullError):
+        log.append([(3, 1, ENTRY_NORMAL, b"x" * 1_000_000)], None)
+    assert log.last_index == 2
+    log.append(entries(3, 4), None)
+    assert log.entries(1, 4) == entries(1, 4)
+    log.close()
