@@ -1,0 +1,30 @@
+-- Write COUNT distinct keys /v2/keys/fill/<n> (32-byte values), then exit:
+--   wrk -t1 -d600s -s fill.lua URL -- COUNT
+-- wrk's main thread sleeps for the whole -d duration, so the script ends the process itself once
+-- COUNT answers have arrived (exit status 0; the caller times it and prints no wrk summary). A
+-- few more than COUNT keys may be written: the requests in flight when the last answer arrives.
+-- A failed write exits with status 3.
+local count = 0
+local sent, answered = 0, 0
+local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+local body = "value=" .. string.rep("v", 32)
+
+function init(args)
+  count = tonumber(args[1])
+end
+
+function request()
+  sent = sent + 1
+  return wrk.format("PUT", "/v2/keys/fill/" .. sent, headers, body)
+end
+
+function response(status, headers, body)
+  if status >= 300 then
+    io.stderr:write("fill: HTTP " .. status .. ": " .. body .. "\n")
+    os.exit(3)
+  end
+  answered = answered + 1
+  if answered >= count then
+    os.exit(0)
+  end
+end
