@@ -790,7 +790,8 @@ def build_settings(values: Mapping[str, str], explicit: set[str], log: Log) -> S
         initial_advertise_peer_urls=split_urls(value(values, "initial-advertise-peer-urls")),
         initial_cluster=initial_cluster,
         initial_cluster_state=value(values, "initial-cluster-state"),
-        initial_cluster_token=value(values, "initial-cluster-token"),
+        # etcd names a cluster bootstrapped by discovery after its discovery URL
+        initial_cluster_token=value(values, "discovery") or value(values, "initial-cluster-token"),
         heartbeat_interval_ms=int(value(values, "heartbeat-interval")),
         election_timeout_ms=int(value(values, "election-timeout")),
         snapshot_count=int(value(values, "snapshot-count")),
@@ -818,14 +819,29 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str], log: Log, out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``fastkv`` and ``python -m fastkv``: configure, then serve."""
+    """Entry point of ``fastkv`` and ``python -m fastkv``: configure, discover, then serve.
+
+    ``fastkv cluster ...`` runs a local cluster instead (:mod:`fastkv.localcluster`).
+    """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["cluster"]:
+        from fastkv import localcluster
+
+        return localcluster.main(args[1:])
     log = Log(sys.stderr)
     try:
         settings = settings_from(args, os.environ, log, sys.stdout)
     except Exit as stop:
         sys.stdout.flush()
         return stop.code
+    if (settings.discovery or settings.discovery_srv) and not is_initialised(settings.data_dir):
+        from fastkv import discovery
+
+        try:
+            settings = discovery.bootstrap(settings, log.line)
+        except discovery.DiscoveryError as err:
+            discovery.explain(err, settings, log.line)
+            return 1
     from fastkv.server import app
 
     return int(app.run(settings) or 0)
