@@ -231,6 +231,26 @@ cdef class LogStore:
         self.compacted_term = term
         self.first_index = upto_index + 1
 
+    def reset(self, unsigned long long index, unsigned long long term, hard_state=None):
+        """Drop every entry and make ``(index, term)`` the compaction point (a follower installing
+        a snapshot that is ahead of its log), with the hard state, in one synced transaction."""
+        cdef unsigned long long i
+        try:
+            with self._env.begin(write=True) as txn:
+                for i in range(self.first_index, self.last_index + 1):
+                    txn.delete(_key(i), db=self._entries)
+                txn.put(_COMPACTED, _encode_record(_PAIR, (index, term)), db=self._state)
+                if hard_state is not None:
+                    txn.put(_HARD_STATE, _encode_record(_TRIPLE, tuple(hard_state)), db=self._state)
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            raise LogFullError(f"the log is full: {exc}") from None
+        self.compacted_index = index
+        self.compacted_term = term
+        self.first_index = index + 1
+        self.last_index = index
+        if hard_state is not None:
+            self._hard_state = tuple(hard_state)
+
     def get_meta(self, bytes key):
         """The metadata value stored under ``key``, or None."""
         with self._env.begin(buffers=False) as txn:

@@ -64,6 +64,7 @@ cdef class Snapshot:
 cdef class ConfChange:
     cdef readonly int type
     cdef readonly u64 node_id
+    cdef readonly bytes context
 
 
 cdef class Message:

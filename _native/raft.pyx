@@ -157,19 +157,23 @@ cdef str describe_ids(ids):
 
 
 cdef class ConfChange:
-    """Add or remove one voter (thesis §4.1: single-server changes, one at a time)."""
+    """Add or remove one voter (thesis §4.1: single-server changes, one at a time). ``context``
+    is opaque to the core and travels with the change (the application's member record)."""
 
-    def __init__(self, int type, u64 node_id):
+    def __init__(self, int type, u64 node_id, bytes context=b""):
         self.type = type
         self.node_id = node_id
+        self.context = context
 
     def encode(self):
-        return b"%s %d" % (b"add" if self.type == ConfChangeAddNode else b"remove", self.node_id)
+        head = b"%s %d" % (b"add" if self.type == ConfChangeAddNode else b"remove", self.node_id)
+        return head + b" " + self.context if self.context else head
 
     @staticmethod
     def decode(bytes data):
-        kind, _, node = data.partition(b" ")
-        return ConfChange(ConfChangeAddNode if kind == b"add" else ConfChangeRemoveNode, int(node))
+        kind, _, rest = data.partition(b" ")
+        node, _, context = rest.partition(b" ")
+        return ConfChange(ConfChangeAddNode if kind == b"add" else ConfChangeRemoveNode, int(node), context)
 
     def describe(self):
         return f"{'add' if self.type == ConfChangeAddNode else 'remove'}={self.node_id}"

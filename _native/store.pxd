@@ -87,6 +87,7 @@ cdef class Store:
     cpdef list delete_expired(self, int64_t now_ns)
     cpdef int64_t next_expiry_ns(self)
     cpdef Event apply(self, bytes request, int64_t now_ns)
+    cpdef bint auth_enabled(self)
 
     # tree
     cdef Node _lookup(self, str path)

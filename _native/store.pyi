@@ -154,6 +154,9 @@ class Store:
         """The earliest pending expiration, 0 when none."""
     def apply(self, request: bytes, now_ns: int) -> Event:
         """Run a request made by ``encode_request`` (``OP_QGET`` is ``get``)."""
+    def auth_enabled(self) -> bool:
+        """etcd's v2 auth detection read of ``/2/enabled``: counted in ``getsSuccess`` /
+        ``getsFail`` like a get; True when the node holds ``true``."""
     def node(self, path: str) -> Node | None:
         """The node at an internal path, if any."""
     def stats(self) -> dict[str, int]:

@@ -39,6 +39,7 @@ DEF NS = 1000000000
 DEF MIN_EXPIRE_NS = 946684800 * 1000000000
 
 cdef frozenset _READ_ONLY = frozenset(("/", "/0", "/1"))
+cdef str AUTH_ENABLED_PATH = "/2/enabled"
 
 _packer = msgpack.Packer(unicode_errors="surrogatepass")
 
@@ -1088,6 +1089,16 @@ cdef class Store:
         if op == OP_QGET:
             return self.get(path, recursive, sorted, now_ns)
         raise ValueError(f"unknown store operation {op!r}")
+
+    cpdef bint auth_enabled(self):
+        """etcd's v2 auth detection: a plain read of ``/2/enabled``, counted like any get (a
+        failed get while auth was never enabled); True when it holds ``true``."""
+        cdef Node n = self._nodes.get(AUTH_ENABLED_PATH)
+        if n is None:
+            self._stats[GETS_FAIL] += 1
+            return False
+        self._stats[GETS_SUCCESS] += 1
+        return n.value == "true"
 
     # --- introspection, stats, snapshots ------------------------------------------------------
 

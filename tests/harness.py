@@ -123,3 +123,43 @@ def fastkv(tmp: Path, name: str = "fk", extra: list[str] | None = None,
     args = [sys.executable, "-m", "fastkv", *_member_args(name, client_port, peer_port, data_dir),
             *(extra or [])]
     return Server("fastkv", name, client_port, peer_port, data_dir, args, tmp / f"{name}.fastkv.log")
+
+
+def fastkv_cluster(tmp: Path, size: int, extra: list[str] | None = None,
+                   advertise_peer_ports: list[int] | None = None, token: str = "fk-cluster") -> list[Server]:
+    """``size`` fastkv members of one new cluster (not started: ``start_all``). Member ``i`` listens
+    for peers on its own port and advertises ``advertise_peer_ports[i]`` when given (a proxy in
+    front of it), else its listen port."""
+    names = [f"m{i}" for i in range(size)]
+    clients = [free_port() for _ in names]
+    peers = [free_port() for _ in names]
+    advertised = advertise_peer_ports or peers
+    initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, advertised, strict=True))
+    return [cluster_member(tmp, name, clients[i], peers[i], advertised[i], initial, "new", token, extra)
+            for i, name in enumerate(names)]
+
+
+def cluster_member(tmp: Path, name: str, client_port: int, peer_port: int, advertised_peer_port: int,
+                   initial_cluster: str, state: str, token: str, extra: list[str] | None = None) -> Server:
+    """One member of a fastkv cluster, as ``etcd`` would be started for it."""
+    client = f"http://127.0.0.1:{client_port}"
+    data_dir = tmp / f"{name}.fastkv"
+    args = [sys.executable, "-m", "fastkv", "--name", name, "--data-dir", str(data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{advertised_peer_port}",
+            "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
+            "--initial-cluster-token", token, *(extra or [])]
+    return Server("fastkv", name, client_port, peer_port, data_dir, args, tmp / f"{name}.fastkv.log")
+
+
+def start_all(servers: list[Server], timeout: float = 20.0) -> list[Server]:
+    """Launch every server first (members of one cluster need each other), then wait for each."""
+    for server in servers:
+        log = open(server.log_path, "ab")  # noqa: SIM115 - the child writes to it for its lifetime
+        server.process = subprocess.Popen(server.args, stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, **server.env}, start_new_session=True)
+        log.close()
+    for server in servers:
+        server.wait_ready(timeout)
+    return servers

@@ -7,6 +7,7 @@ unclean paths are redirected (301), then the path picks a handler. Handlers retu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fastkv import metrics
+from fastkv._native.store import OP_QGET, encode_request
 from fastkv.http import gojson
 from fastkv.http.keys import KEYS_PREFIX, handle_keys
 from fastkv.http.responses import (
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ETCD_CLUSTER_VERSION",
     "ETCD_VERSION",
+    "HEALTH_READ_TIMEOUT_S",
     "clean_path",
     "dispatch",
     "go_duration",
@@ -52,6 +55,8 @@ _VERSION_BODY = gojson.dumps({"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_CL
 _HEALTHY = (200, TEXT_PLAIN, b'{"health":"true"}')
 _UNHEALTHY = text_error(503, '{"health":"false"}')
 _HEX_ID = re.compile(r"[0-9a-fA-F]{1,16}")
+_HEALTH_READ = encode_request(OP_QGET, "/")
+HEALTH_READ_TIMEOUT_S = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,10 +115,22 @@ def handle_version(app: App, req: Request, conn: HttpProtocol) -> Response:
     return 200, JSON, _VERSION_BODY
 
 
-def handle_health(app: App, req: Request, conn: HttpProtocol) -> Response:
+def handle_health(app: App, req: Request, conn: HttpProtocol) -> Response | Coroutine[Any, Any, Response]:
+    """etcd's check: a leader (else 503 at once), then a quorum read of the root through the
+    log that must finish within a second (it advances the raft index and counts as a get)."""
     if req.method != b"GET":
         return method_not_allowed(b"GET")
-    return _HEALTHY if app.node.is_healthy() else _UNHEALTHY
+    if not app.node.is_healthy():
+        return _UNHEALTHY
+    return _health_read(app)
+
+
+async def _health_read(app: App) -> Response:
+    try:
+        await asyncio.wait_for(app.node.propose(_HEALTH_READ), HEALTH_READ_TIMEOUT_S)
+    except Exception:  # timed out, or the proposal failed
+        return _UNHEALTHY
+    return _HEALTHY
 
 
 def machines_body(members: list[Any]) -> bytes:
@@ -222,6 +239,9 @@ def handle_stats_leader(app: App, req: Request, conn: HttpProtocol) -> Response:
     node = app.node
     if node.state != "StateLeader":
         return app.json_message(403, "not current leader")
+    leader_stats = getattr(node, "leader_stats", None)
+    if leader_stats is not None:
+        return 200, JSON, gojson.dumps(leader_stats())
     followers = {_hex(m.id): _ZERO_FOLLOWER for m in node.members() if m.id != node.member_id}
     return 200, JSON, gojson.dumps({"leader": _hex(node.member_id), "followers": followers})
 
@@ -330,6 +350,8 @@ def handle_members(app: App, req: Request, conn: HttpProtocol) -> Any:
     method = req.method
     if method not in (b"GET", b"POST", b"DELETE", b"PUT"):
         return method_not_allowed(b"GET,POST,DELETE,PUT")
+    if method != b"GET":
+        app.node.store.auth_enabled()  # etcd's root access check reads the store before anything else
     suffix = req.path[len(MEMBERS_PREFIX):].removeprefix("/")
     try:
         if method == b"GET":

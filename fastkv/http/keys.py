@@ -1,8 +1,10 @@
 """``/v2/keys``: parameters validated in etcd's order, mapped to one store operation.
 
-``handle_keys`` answers local reads at once (a ``Response``), returns a coroutine for
-everything that goes through the log (writes, ``quorum=true`` reads), and starts watches on
-the connection itself (returning ``WATCHING``).
+``handle_keys`` answers local reads at once (a ``Response``; HEAD is always local, as in
+etcd), returns a coroutine for everything that goes through the log (writes, ``quorum=true``
+GETs), and starts watches on the connection itself (returning ``WATCHING``). Like etcd, every
+request whose parameters are valid first reads the store's auth flag (``Store.auth_enabled``),
+which shows in ``/v2/stats/store``.
 """
 
 from __future__ import annotations
@@ -202,12 +204,15 @@ def handle_keys(app: App, req: Request, conn: HttpProtocol) -> Response | Corout
     if req.method not in _METHODS:
         return method_not_allowed(_ALLOW)
     now_ns = time.time_ns()
+    store = app.node.store
     if not req.query and (req.method == b"GET" or req.method == b"HEAD"):
+        store.auth_enabled()
         return local_get(app, internal_path(req.path), False, False, now_ns)  # the hot path
     try:
         r = parse_key_request(req.method, req.path, read_form(req), now_ns)
+        store.auth_enabled()  # etcd's access check reads the store once parameters are valid
         if req.method == b"GET" or req.method == b"HEAD":
-            if r.quorum:
+            if r.quorum and req.method == b"GET":  # etcd serves HEAD locally even with quorum
                 return propose(app, encode_request(OP_QGET, r.path, recursive=r.recursive,
                                                    sorted=r.sorted), False)
             if r.wait:

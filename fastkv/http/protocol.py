@@ -1,7 +1,10 @@
 """One asyncio protocol per client connection: httptools parsing, pipelining, watches, limits.
 
 ``data_received`` only feeds the parser; a request that cannot be parsed is answered with
-Go's ``400 Bad Request`` and the connection is closed. Complete requests are answered in
+Go's ``400 Bad Request`` and the connection is closed. httptools knows only registered
+methods, while Go accepts any token: when the parser rejects a method, the request is parsed
+again from its first byte by a new parser with ``GET`` standing in for the method, and the
+real method is what the request carries (``MethodRecovery``). Complete requests are answered in
 order: at once when the handler answers synchronously (local reads), else the connection
 waits for the handler's coroutine (writes) or for the watch to end before it answers the
 next pipelined request. No exception from a handler reaches the event loop: it becomes a
@@ -11,7 +14,9 @@ next pipelined request. No exception from a handler reaches the event loop: it b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections import deque
 from typing import Any
 
@@ -47,6 +52,84 @@ _CONNECTION_CLOSE = b"Connection: close\r\n"
 _CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RECEIVED: dict[bytes, Any] = {}  # etcd_http_received_total series by method
+_OTHER_METHOD = b"unknown"  # the series of methods httptools does not know (any token)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 tchar+, Go's validMethod
+_STAND_IN = b"GET"
+MAX_KEPT_BYTES = 1 << 20  # input kept for re-parsing while no request ends at a read boundary
+
+
+class _CompletionCounter:
+    """Parser callbacks that only count complete requests."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_message_complete(self) -> None:
+        self.count += 1
+
+
+def _completed(data: bytes) -> int:
+    """How many complete requests a new parser finds in ``data`` before any error."""
+    counter = _CompletionCounter()
+    with contextlib.suppress(httptools.HttpParserError):
+        httptools.HttpRequestParser(counter).feed_data(data)
+    return counter.count
+
+
+def request_start(data: bytes, before: int) -> int:
+    """The offset in ``data`` (which starts at a request boundary) where the request after
+    the first ``before`` complete ones begins: found by bisection with new parsers."""
+    lo, hi = 0, len(data)
+    if before == 0:
+        return 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _completed(data[:mid]) >= before:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class MethodRecovery:
+    """What a connection keeps so that a request with a method unknown to httptools can be
+    parsed again: the input since the last read that ended between requests (``kept``, None
+    once it would exceed ``MAX_KEPT_BYTES``) and how many requests completed in it."""
+
+    __slots__ = ("completed", "held", "kept", "kept_bytes", "method")
+
+    def __init__(self) -> None:
+        self.kept: list[bytes] | None = []
+        self.kept_bytes = 0
+        self.completed = 0
+        self.held: bytes | None = None  # the start of a request whose method has not fully arrived
+        self.method: bytes | None = None  # the real method of the request being re-parsed
+
+    def keep(self, data: bytes) -> None:
+        kept = self.kept
+        if kept is not None:
+            self.kept_bytes += len(data)
+            if self.kept_bytes > MAX_KEPT_BYTES:
+                self.kept = None
+            else:
+                kept.append(data)
+
+    def boundary(self) -> None:
+        """The parser stands between requests at the end of a read: forget the input."""
+        if self.kept_bytes or self.kept is None:
+            self.kept = []
+            self.kept_bytes = 0
+        self.completed = 0
+
+    def failed_request(self) -> bytes | None:
+        """The input from the first byte of the request the parser rejected, or None when it
+        was not kept."""
+        if self.kept is None:
+            return None
+        data = b"".join(self.kept)
+        return data[request_start(data, self.completed):]
 
 
 class Request:
@@ -136,6 +219,8 @@ class HttpProtocol(asyncio.Protocol):
         self.loop = connections.loop
         self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
+        self.recovery = MethodRecovery()
+        self.in_request = False  # the parser has begun a request it has not completed
         self.queue: deque[Request] = deque()
         self.busy = False  # a response (write, quorum read or watch) is in progress
         self.closed = False
@@ -171,12 +256,50 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.failed is not None or self.closed:
             return
+        recovery = self.recovery
+        if recovery.held is not None:
+            self._reparse(recovery.held + data)
+            return
+        recovery.keep(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            self._reparse(recovery.failed_request())
+            return
         except httptools.HttpParserUpgrade:
             self.fail(BAD_REQUEST)
+            return
         except httptools.HttpParserError:
             self.fail(BAD_REQUEST)
+            return
+        if not self.in_request:
+            recovery.boundary()
+
+    def _reparse(self, data: bytes | None) -> None:
+        """Parse ``data``, which starts with a request whose method httptools rejected, with a
+        new parser and ``GET`` standing in for the method; Go's 400 when it is no token."""
+        recovery = self.recovery
+        recovery.held = None
+        if data is None:
+            self.fail(BAD_REQUEST)
+            return
+        data = data.lstrip(b"\r\n")  # empty lines before a request line are skipped
+        end = data.find(b" ")
+        method = data[:end] if end >= 0 else data
+        if (method or end == 0) and _TOKEN.fullmatch(method) is None:
+            self.fail(BAD_REQUEST)
+            return
+        if end < 0:
+            if len(data) > MAX_HEADER_BYTES:
+                self.fail(HEADERS_TOO_LARGE)
+            else:
+                recovery.held = data  # wait for the rest of the method
+            return
+        self.parser = httptools.HttpRequestParser(self)
+        self.in_request = False
+        recovery.boundary()
+        recovery.method = method
+        self.data_received(_STAND_IN + data[end:])
 
     def eof_received(self) -> bool | None:
         """The client will send nothing more: end a watch, else answer what is pending first."""
@@ -196,6 +319,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- Parser callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.in_request = True
         self.request_started = self.loop.time()
         self.url = b""
         self.content_type = None
@@ -244,14 +368,22 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.in_request = False
         self.request_started = 0.0
+        recovery = self.recovery
+        recovery.completed += 1
         if self.failed is not None:
             return
         parser = self.parser
-        method = parser.get_method()
-        counter = _RECEIVED.get(method)
+        method = recovery.method
+        if method is None:
+            method = label = parser.get_method()
+        else:
+            recovery.method = None
+            label = _OTHER_METHOD
+        counter = _RECEIVED.get(label)
         if counter is None:
-            counter = _RECEIVED[method] = metrics.http_received.labels(method.decode("latin-1"))
+            counter = _RECEIVED[label] = metrics.http_received.labels(label.decode("latin-1"))
         counter.inc()
         if not self.has_host and parser.get_http_version() == "1.1":
             self.fail(MISSING_HOST)

@@ -63,6 +63,11 @@ def node_config(settings: Settings) -> NodeConfig:
         token=token,
         snapshot_count=settings.snapshot_count,
         strict_reconfig=settings.strict_reconfig_check,
+        listen_peer_urls=tuple(settings.listen_peer_urls),
+        heartbeat_ms=settings.heartbeat_interval_ms,
+        election_ms=settings.election_timeout_ms,
+        proposal_timeout_s=5.0 + 2 * settings.election_timeout_ms / 1000,  # etcd's request timeout
+        join=settings.initial_cluster_state == "existing",
     )
 
 
@@ -111,6 +116,7 @@ async def _serve(node: Node, settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    node.on_removed = stop.set  # a member removed from the cluster stops, as etcd's does
     await node.start()
     if node.state == "StateLeader":
         log.info("%x became leader at term %d", node.member_id, node.raft_term)

@@ -68,15 +68,22 @@ def attributes(name: str, client_urls: list[str] | tuple[str, ...]) -> str:
 
 
 def read_members(store: Store, now_ns: int) -> tuple[list[Member], set[int]]:
-    """The members and the removed member ids recorded in ``store``."""
+    """The members and the removed member ids recorded in ``store``.
+
+    The reads are etcd's and count in the store statistics: ``/0/members``, then, only when
+    that exists, ``/0/removed_members``.
+    """
     members: list[Member] = []
-    for node in _children(store, MEMBERS_DIR, now_ns):
+    listed = _children(store, MEMBERS_DIR, now_ns)
+    if listed is None:
+        return members, set()
+    for node in listed:
         values = {child["key"].rsplit("/", 1)[-1]: child.get("value", "") for child in node.get("nodes", [])}
         raft = json.loads(values.get("raftAttributes") or "{}")
         attrs = json.loads(values.get("attributes") or "{}")
         members.append(Member(int(node["key"].rsplit("/", 1)[-1], 16), attrs.get("name", ""),
                               tuple(raft.get("peerURLs") or ()), tuple(attrs.get("clientURLs") or ())))
-    removed = {int(n["key"].rsplit("/", 1)[-1], 16) for n in _children(store, REMOVED_DIR, now_ns)}
+    removed = {int(n["key"].rsplit("/", 1)[-1], 16) for n in _children(store, REMOVED_DIR, now_ns) or ()}
     members.sort(key=lambda m: m.id)
     return members, removed
 
@@ -100,11 +107,22 @@ def changed_member(key: str) -> tuple[int, bool] | None:
     return None
 
 
-def _children(store: Store, path: str, now_ns: int) -> list[dict[str, Any]]:
+def read_cluster_version(store: Store) -> str | None:
+    """The cluster version recorded in ``store`` (a counted read, as etcd makes it on restart)."""
+    try:
+        event = store.get(VERSION_KEY, False, False, 0)
+    except V2Error:
+        return None
+    value: str | None = event.value
+    return value
+
+
+def _children(store: Store, path: str, now_ns: int) -> list[dict[str, Any]] | None:
+    """The children of directory ``path`` (recursive, sorted), None when it does not exist."""
     try:
         event = store.get(path, True, True, now_ns)
     except V2Error:
-        return []
+        return None
     nodes: list[dict[str, Any]] = json.loads(event.body)["node"].get("nodes", [])
     return nodes
 

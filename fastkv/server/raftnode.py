@@ -1,0 +1,753 @@
+"""The member: the one place where the Raft core, the LMDB log, the store, the watch hub and the
+peer transport meet asyncio. A single member is a Raft cluster of one.
+
+One loop drives ``RawNode`` (docs/raft.md, "The Ready contract")::
+
+    tick every heartbeat interval / step received messages / propose
+    -> Ready: persist snapshot + entries + hard state (log thread, one sync)
+    -> send its messages -> apply committed entries in order -> advance
+
+Pipelining: a proposal is appended to the core's log at once and leaves in the next Ready;
+whatever is proposed or received while a sync is in flight forms the next Ready (group commit:
+one sync per batch). Proposals made on a follower are forwarded to the leader by the core
+(MsgProp) and answered when this member has applied them.
+
+Entry data (the core's EntryNormal): empty = a new leader's no-op; ``TAG_REQUEST`` + id + the
+proposer's ``now_ns`` + a store request (``encode_request``); ``TAG_SYNC`` + id + ``now_ns``
+(TTL expiry: every member expires the same keys at the same index); ``TAG_MEMBER`` + id + a
+peer URL update. The id (8 bytes) lets the proposing member find its waiter. An EntryConfChange
+adds or removes a voter; an addition carries the member's record as the change's context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fastkv import identity, metrics
+from fastkv._native.logstore import CorruptLogError, LogStore
+from fastkv._native.raft import (
+    STATE_NAMES,
+    ConfChange,
+    ConfChangeAddNode,
+    ConfChangeRemoveNode,
+    Config,
+    EntryConfChange,
+    Message,
+    MsgApp,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    StateLeader,
+)
+from fastkv._native.raft import Snapshot as RaftSnapshot
+from fastkv._native.store import OP_SET, Event, Store, V2Error, encode_request
+from fastkv._native.watch import WatchHub
+from fastkv.server import membership
+from fastkv.server.membership import Member, MembershipError
+from fastkv.storage.raftlog import (
+    TAG_MEMBER,
+    TAG_REQUEST,
+    TAG_SYNC,
+    RaftStorage,
+    decode_snapshot,
+    from_log,
+)
+from fastkv.storage.snapshot import Snapshotter
+
+log = logging.getLogger("fastkv.server")
+
+_ID_STAMP = struct.Struct(">QQ")  # proposal id, proposer's now_ns
+_ID = struct.Struct(">Q")
+SWEEP_INTERVAL_S = 0.5
+REPLAY_CHUNK = 10_000
+COMPACT_MARGIN = 5000
+MAX_PEER_FRAME = 512 * 1024 * 1024  # a snapshot travels in one frame
+_STOPPED = "etcdserver: server stopped"
+REMOVED_NOTICE = "removed"  # a peer message (not Raft): "you were removed from the cluster"
+
+
+class ProposalTimeout(Exception):
+    """A proposal could not commit in time (HTTP 500, error 300)."""
+
+    def __init__(self, message: str = "etcdserver: request timed out") -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Who this member is and how it behaves; ``initial_members`` seeds a fresh log.
+
+    ``listen_peer_urls`` empty: no peer listener (a member alone). ``join``: the member joins a
+    running cluster (``--initial-cluster-state existing``): its log comes from the leader.
+    """
+
+    name: str
+    member_id: int
+    cluster_id: int
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    initial_members: tuple[tuple[int, tuple[str, ...]], ...]
+    token: str = "etcd-cluster"
+    snapshot_count: int = 100_000
+    proposal_timeout_s: float = 7.0
+    strict_reconfig: bool = True
+    listen_peer_urls: tuple[str, ...] = ()
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    join: bool = False
+
+
+# Waiters: proposal id (int) or ("conf", type, member id) -> (future, deadline on the monotonic clock)
+_Key = Any
+
+
+class Node:
+    """One member. Build it (recovers the store from snapshot + log), ``await start()``,
+    ``await stop()``. The HTTP layer reads ``store``, ``hub`` and the properties below."""
+
+    def __init__(self, log_store: LogStore, snapshots: Snapshotter, config: NodeConfig,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.log = log_store
+        self.snapshots = snapshots
+        self.config = config
+        self.clock = clock
+        self.name = config.name
+        self.member_id = config.member_id
+        self.cluster_id = config.cluster_id
+        self.start_time_ns = clock()
+        self.leader_since_ns = 0
+        self.send_append_count = 0
+        self.recv_append_count = 0
+        self.applied_index = 0
+        self.applied_term = 0
+        self.snapshot_index = 0
+        self.removed = False
+        self.on_removed: Callable[[], None] | None = None  # called once this member is removed
+        self.store = Store()
+        self.hub = WatchHub(self.store.history)
+        self.storage = RaftStorage(log_store, snapshots)
+        self.transport: Any = None
+        self._members: list[Member] = []
+        self._removed: set[int] = set()
+        self._waiters: dict[_Key, tuple[asyncio.Future[Any], float]] = {}
+        self._held: list[tuple[_Key, bytes | ConfChange]] = []  # dropped for want of a leader
+        self._heard: dict[int, float] = {}
+        self._peers: dict[int, tuple[str, ...]] = {}
+        now_ms = time.time_ns() // 1_000_000
+        self._ids = itertools.count(((self.member_id & 0xFFFF) << 48) | ((now_ms << 8) & 0xFFFFFFFFFFFF))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastkv-log")
+        self._stopping = False
+        self._halt = False
+        self._sync_proposed = False
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._snapshot_task: asyncio.Future[None] | None = None
+        self._recover()
+        self.raw = RawNode(self._raft_config(), self.storage)
+        self._lead = 0
+
+    # ------------------------------------------------------------------ recovery
+
+    def _raft_config(self) -> Config:
+        election_tick = max(2, self.config.election_ms // max(1, self.config.heartbeat_ms))
+        peers = tuple(m.id for m in self._members) or tuple(mid for mid, _ in self.config.initial_members)
+        return Config(self.member_id, peers=peers, election_tick=election_tick, heartbeat_tick=1,
+                      pre_vote=True, check_quorum=True, rng=random.Random(),
+                      applied=self.applied_index)
+
+    def _recover(self) -> None:
+        """Newest intact snapshot + ``Store.restore`` + replay of the committed log after it; a
+        fresh log of a new cluster is seeded with one ConfChange per initial member (term 1)."""
+        snap_file = self.snapshots.load_latest()
+        for problem in self.snapshots.skipped:
+            log.warning("skipping a damaged snapshot: %s", problem)
+        if snap_file is not None:
+            snap = decode_snapshot(snap_file)
+            self.storage.set_snapshot(snap)
+            self._restore(snap, read_members=False)
+        if self.applied_index < self.log.compacted_index or self.applied_index > self.log.last_index:
+            raise CorruptLogError(
+                f"the newest intact snapshot is at index {self.applied_index} but the log holds "
+                f"{self.log.first_index}..{self.log.last_index}: entries in between are lost")
+        if snap_file is not None or self.log.last_index > 0:
+            self._recover_cluster()  # a restart; a fresh member has nothing to recover
+        elif not self.config.join:
+            self._bootstrap()
+        commit = max(self.log.hard_state[2], self.applied_index)
+        lo, last = self.applied_index + 1, self.log.last_index
+        while lo <= last:  # every entry is read (CRC-checked); the committed ones are applied
+            hi = min(lo + REPLAY_CHUNK, last + 1)
+            for t in self.log.entries(lo, hi):
+                if t[0] <= commit:
+                    e = from_log(t)
+                    self._apply_entry(e.index, e.term, e.type, e.data)
+            lo = hi
+        self.storage.commit_floor = self.applied_index
+
+    def _bootstrap(self) -> None:
+        """Term 1: one ConfChange per initial member, committed by definition (as etcd does)."""
+        ids = sorted(mid for mid, _ in self.config.initial_members)
+        entries = [(i + 1, 1, 1, ConfChange(ConfChangeAddNode, mid).encode()) for i, mid in enumerate(ids)]
+        self.log.append(entries, (1, 0, len(entries)))
+
+    def _recover_cluster(self) -> None:
+        """etcd's cluster recovery on restart, before the log after the snapshot is replayed: the
+        members (then the removed members) and the cluster version, read from the store. These
+        reads count in the store statistics exactly as etcd's do."""
+        self._members, self._removed = membership.read_members(self.store, 0)
+        membership.read_cluster_version(self.store)
+
+    def _restore(self, snap: RaftSnapshot, read_members: bool = True) -> None:
+        """Replace the applied state by a snapshot's (at recovery, or sent by the leader)."""
+        self.store = Store.restore(snap.data)
+        self.hub = WatchHub(self.store.history)
+        if read_members:
+            self._members, self._removed = membership.read_members(self.store, 0)
+        self.applied_index = self.snapshot_index = snap.index
+        self.applied_term = snap.term
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Start the peer transport and the Raft loop. A member alone elects itself at once and
+        returns once its no-op, its attributes and the cluster version are applied (so the first
+        client write gets etcd's indices); with peers it publishes its attributes in the
+        background, once a leader is known."""
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.config.listen_peer_urls:
+            try:
+                await self._start_transport()
+            except OSError as exc:
+                if len(self.raw.status().voters) > 1:
+                    raise
+                log.warning("cannot listen for peers on %s: %s", ", ".join(self.config.listen_peer_urls), exc)
+                self.transport = None
+        self._loop_task = loop.create_task(self._run())
+        self._ticker = loop.create_task(self._tick_forever())
+        if self.raw.status().voters == (self.member_id,):
+            self.raw.campaign()
+            self._kick()
+            await self._publish()
+        else:
+            self._publisher = loop.create_task(self._publish_in_background())
+
+    async def _start_transport(self) -> None:
+        from fastkv.transport.tcp import TcpTransport
+
+        self.transport = TcpTransport(self.cluster_id, self.member_id, self.config.listen_peer_urls, {},
+                                      max_frame_bytes=MAX_PEER_FRAME, queue_bytes_limit=2 * MAX_PEER_FRAME)
+        self.transport.set_handler(self._on_message)
+        self._sync_peers()
+        await self.transport.start()
+
+    def _sync_peers(self) -> None:
+        """Talk to exactly the current members (the initial ones until the log names them)."""
+        if self.transport is None:
+            return
+        if self._members:
+            wanted = {m.id: m.peer_urls for m in self._members if m.id != self.member_id}
+        else:
+            wanted = {mid: urls for mid, urls in self.config.initial_members if mid != self.member_id}
+        for mid in [p for p in self._peers if p not in wanted]:
+            self.transport.remove_peer(mid)
+            del self._peers[mid]
+        for mid, urls in wanted.items():
+            if mid not in self._peers:
+                self.transport.add_peer(mid, urls)
+            elif self._peers[mid] != urls:
+                self.transport.update_peer(mid, urls)
+            self._peers[mid] = urls
+
+    async def _publish(self) -> None:
+        """Publish this member's name and client URLs; a leader also records the cluster version."""
+        key = membership.member_key(self.member_id) + "/attributes"
+        value = membership.attributes(self.name, self.config.client_urls)
+        startup = [self._submit_request(encode_request(OP_SET, key, value))]
+        if self.raw.state == StateLeader and self._cluster_version() != membership.CLUSTER_VERSION:
+            startup.append(self._submit_request(encode_request(
+                OP_SET, membership.VERSION_KEY, membership.CLUSTER_VERSION)))
+        await asyncio.gather(*startup)
+
+    async def _publish_in_background(self) -> None:
+        """Publish this member's attributes (retrying until it commits); the first leader also
+        records the cluster version."""
+        while not self._stopping:
+            try:
+                if self.raw.lead:
+                    await self._publish()
+                    log.info("published {Name:%s ClientURLs:[%s]} to cluster %x", self.name,
+                             " ".join(self.config.client_urls), self.cluster_id)
+                    break
+            except (ProposalTimeout, V2Error) as exc:
+                log.warning("publishing the member attributes failed: %s", exc)
+            await asyncio.sleep(0.1)
+        while not self._stopping and self._cluster_version() != membership.CLUSTER_VERSION:
+            if self.raw.state == StateLeader:
+                with contextlib.suppress(ProposalTimeout, V2Error):
+                    await self._submit_request(encode_request(
+                        OP_SET, membership.VERSION_KEY, membership.CLUSTER_VERSION))
+            await asyncio.sleep(0.2)
+
+    def _cluster_version(self) -> str | None:
+        node = self.store.node(membership.VERSION_KEY)
+        return node.value if node is not None else None
+
+    async def stop(self) -> None:
+        """Hand leadership to the most up-to-date follower (when leading with peers), refuse new
+        proposals, let the Ready in flight finish, save the commit index, close the log."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self._transfer_leadership()
+        for task in (self._ticker, self._publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._halt = True
+        if self._loop_task is not None:
+            self._kick()
+            await self._loop_task
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_task
+        stopped = V2Error(300, _STOPPED, 0)
+        for future, _ in self._waiters.values():
+            _settle(future, stopped)
+        self._waiters.clear()
+        status = self.raw.status()
+        from fastkv._native.raft import HardState
+
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.storage.save_hard_state,
+                HardState(status.term, status.vote, min(status.commit, self.log.last_index)))
+        if self.transport is not None:
+            await self.transport.stop()
+        self._executor.shutdown(wait=True)
+        self.log.close()
+
+    async def _transfer_leadership(self) -> None:
+        if self.raw.state != StateLeader or self._loop_task is None:
+            return
+        progress = self.raw.status().progress
+        followers = [(pr.match, mid) for mid, pr in progress.items() if mid != self.member_id]
+        if not followers:
+            return
+        _, target = max(followers)
+        log.info("%x transferring leadership to %x before stopping", self.member_id, target)
+        self.raw.transfer_leader(target)
+        self._kick()
+        deadline = time.monotonic() + self.config.election_ms / 1000
+        while time.monotonic() < deadline and self.raw.lead in (self.member_id, 0):
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ the Raft loop
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while not self._halt:
+            await self._wake.wait()
+            self._wake.clear()
+            self._repropose_held()
+            while self.raw.has_ready():
+                rd = self.raw.ready()
+                if self.storage.needs_save(rd):
+                    try:
+                        await loop.run_in_executor(self._executor, self.storage.save, rd)
+                    except Exception as exc:
+                        self._persist_failed(rd, exc)
+                        break
+                self._send(rd.messages)
+                self._apply_ready(rd)
+                self.raw.advance(rd)
+                self._maybe_snapshot()
+                self._repropose_held()
+
+    def _persist_failed(self, rd: Ready, error: BaseException) -> None:
+        """The log could not be written: fail every waiting proposal and rebuild the core from
+        what is durable (the unsaved entries are forgotten)."""
+        log.error("log append failed: %s", error)
+        failure = V2Error(300, str(error), 0)
+        for future, _ in self._waiters.values():
+            _settle(future, failure)
+        self._waiters.clear()
+        self._held.clear()
+        self.storage.commit_floor = self.applied_index
+        self.raw = RawNode(self._raft_config(), self.storage)
+        if self.raw.status().voters == (self.member_id,):
+            self.raw.campaign()
+        self._kick()
+
+    def _send(self, messages: list[Message]) -> None:
+        transport = self.transport
+        for m in messages:
+            if m.type == MsgApp:
+                self.send_append_count += 1
+            if transport is None:
+                continue
+            try:
+                transport.send(m.to, m.to_wire())
+            except Exception as exc:  # too large or not serialisable: Raft retries or sends a snapshot
+                log.warning("cannot send %s: %s", m.describe()[:80], exc)
+
+    def _on_message(self, sender: int, wire: object) -> None:
+        if wire == REMOVED_NOTICE:
+            self._leave()
+            return
+        m = Message.from_wire(wire)
+        if m.type == MsgApp:
+            self.recv_append_count += 1
+        self._heard[sender] = time.monotonic()
+        if self._halt:
+            return
+        self.raw.step(m)
+        self._kick()
+
+    def _apply_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None and rd.soft_state.lead != self._lead:
+            self._lead = rd.soft_state.lead
+            self.leader_since_ns = self.clock() if self._lead else 0
+            if self._lead == self.member_id:
+                log.info("%x became leader at term %d", self.member_id, self.raw.term)
+            elif self._lead:
+                log.info("%x elected leader %x at term %d", self.member_id, self._lead, self.raw.term)
+            else:
+                log.info("%x lost the leader at term %d", self.member_id, self.raw.term)
+        if rd.snapshot is not None and rd.snapshot.index > self.applied_index:
+            self._restore(rd.snapshot)
+            self._sync_peers()
+            log.info("applied the leader's snapshot at index %d", rd.snapshot.index)
+        for e in rd.committed_entries:
+            if e.index > self.applied_index:
+                self._apply_entry(e.index, e.term, e.type, e.data)
+        metrics.proposals_pending.set(len(self._waiters))
+
+    def _repropose_held(self) -> None:
+        if not self._held or not self.raw.lead:
+            return
+        held, self._held = self._held, []
+        for key, payload in held:
+            if key in self._waiters:
+                self._propose(key, payload)
+
+    # ------------------------------------------------------------------ proposing
+
+    async def propose(self, request: bytes) -> Event:
+        """Run a store request through the log: the Event, or the V2Error the store raised.
+        Raises ``ProposalTimeout`` when it cannot commit in time."""
+        if self._stopping:
+            raise V2Error(300, _STOPPED, 0)
+        event: Event = await self._submit_request(request)
+        return event
+
+    def _next_id(self) -> int:
+        return next(self._ids) & 0xFFFFFFFFFFFFFFFF
+
+    def _submit_request(self, request: bytes) -> asyncio.Future[Any]:
+        pid = self._next_id()
+        return self._submit(pid, TAG_REQUEST + _ID_STAMP.pack(pid, self.clock()) + request)
+
+    def _submit(self, key: _Key, payload: bytes | ConfChange) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = (future, time.monotonic() + self.config.proposal_timeout_s)
+        self._propose(key, payload)
+        return future
+
+    def _propose(self, key: _Key, payload: bytes | ConfChange) -> None:
+        """Hand a proposal to the core; one dropped for want of a leader waits for the next."""
+        try:
+            if isinstance(payload, ConfChange):
+                self.raw.propose_conf_change(payload)
+            else:
+                self.raw.propose(payload)
+        except ProposalDropped:
+            self._held.append((key, payload))
+            return
+        self._kick()
+
+    def _resolve(self, key: _Key, result: Any) -> None:
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None:
+            _settle(waiter[0], result)
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply_entry(self, index: int, term: int, etype: int, data: bytes) -> None:
+        """Apply one committed entry and answer its proposer, if it waits here."""
+        if etype == EntryConfChange:
+            cc = ConfChange.decode(data)
+            self._resolve(("conf", cc.type, cc.node_id), self._apply_conf_change(cc))
+        elif data:
+            tag = data[:1]
+            pid = _ID.unpack_from(data, 1)[0]
+            if tag == TAG_REQUEST:
+                result: Any = self._apply_request(data)
+            elif tag == TAG_SYNC:
+                result = self._notify_all(self.store.delete_expired(_ID_STAMP.unpack_from(data, 1)[1]))
+                self._sync_proposed = False
+            else:
+                result = self._apply_member_entry(data[9:])
+            self._resolve(pid, result)
+        self.applied_index, self.applied_term = index, term
+        metrics.proposals_applied.inc()
+
+    def _apply_request(self, data: bytes) -> Event | V2Error:
+        try:
+            event = self.store.apply(data[17:], _ID_STAMP.unpack_from(data, 1)[1])
+        except V2Error as error:
+            return error
+        if event.action != "get":
+            self._notify_all([event])
+        return event
+
+    def _apply_member_entry(self, change: bytes) -> Any:
+        """A peer URL update."""
+        return self._apply_change(change)
+
+    def _apply_conf_change(self, cc: ConfChange) -> Any:
+        if cc.type == ConfChangeAddNode:
+            if cc.context:  # added at run time: the change carries the member's record
+                result = self._apply_change(cc.context)
+            else:  # an initial member (bootstrap entries): its URLs are in --initial-cluster
+                urls = next((list(u) for mid, u in self.config.initial_members if mid == cc.node_id), [])
+                result = self._apply_change(membership.encode_change(membership.CHANGE_ADD, cc.node_id, urls))
+        else:
+            result = self._apply_change(membership.encode_change(membership.CHANGE_REMOVE, cc.node_id))
+            if cc.node_id == self.member_id:
+                self._leave()
+            elif self.transport is not None and cc.node_id in self._peers:
+                # The removed member may never learn that its removal committed (nobody replicates
+                # to it any more): tell it, and hang up a little later.
+                self.transport.send(cc.node_id, REMOVED_NOTICE)
+                asyncio.get_running_loop().call_later(1.0, self._sync_peers)
+                return result
+        self._sync_peers()
+        return result
+
+    def _leave(self) -> None:
+        """This member was removed from the cluster: stop, as etcd's member does."""
+        if self.removed:
+            return
+        self.removed = True
+        log.warning("%x was removed from the cluster", self.member_id)
+        if self.on_removed is not None:
+            with contextlib.suppress(RuntimeError):  # replaying at startup: nothing to stop yet
+                asyncio.get_running_loop().call_later(0.2, self.on_removed)  # let the answers go
+
+    def _apply_change(self, data: bytes) -> Member | MembershipError | None:
+        try:
+            member, events = membership.apply_change(self.store, data, 0)  # no TTLs: time plays no part
+        except MembershipError as error:
+            return error
+        self._notify_all(events)
+        if member is not None and member.id in self._peers:
+            self._sync_peers()
+        return member
+
+    def _notify_all(self, events: list[Event]) -> list[Event]:
+        for event in events:
+            try:
+                self.hub.notify(event)
+            except Exception:  # a broken watcher must not stall the log
+                log.exception("notifying watchers of index %d failed", event.index)
+            if event.key.startswith("/0/"):
+                self._member_changed(event.key)
+        return events
+
+    def _member_changed(self, key: str) -> None:
+        changed = membership.changed_member(key)
+        if changed is None:
+            return
+        member_id, removed = changed
+        if removed:
+            self._removed.add(member_id)
+        others = [m for m in self._members if m.id != member_id]
+        member = membership.read_member(self.store, member_id)
+        self._members = sorted([*others, member], key=lambda m: m.id) if member else others
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _maybe_snapshot(self) -> None:
+        """Every ``snapshot_count`` applied entries: snapshot, write it in the background, compact."""
+        if self.applied_index - self.snapshot_index < self.config.snapshot_count or self._snapshot_task:
+            return
+        if self.applied_index > self.raw.applied:
+            return
+        self.raw.compact(self.applied_index, self.store.snapshot())
+        self.snapshot_index = self.applied_index
+        snap = self.storage.snapshot()
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._write_snapshot(snap))
+
+    async def _write_snapshot(self, snap: RaftSnapshot) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.storage.save_snapshot_file, snap)
+            margin = min(COMPACT_MARGIN, self.config.snapshot_count)
+            await loop.run_in_executor(self._executor, self.storage.compact_log, snap.index, margin)
+            log.info("saved snapshot at index %d", snap.index)
+        except Exception:
+            log.exception("snapshot at index %d failed", snap.index)
+        finally:
+            self._snapshot_task = None
+
+    # ------------------------------------------------------------------ timers
+
+    async def _tick_forever(self) -> None:
+        interval = self.config.heartbeat_ms / 1000
+        sweep_every = max(1, round(SWEEP_INTERVAL_S / interval))
+        for n in itertools.count(1):
+            await asyncio.sleep(interval)
+            self.raw.tick()
+            self._kick()
+            if n % sweep_every == 0:
+                self.tick()
+
+    def tick(self) -> None:
+        """Every 500 ms: time out proposals that cannot commit; the leader proposes a SYNC when a
+        TTL is due (with its own time: every member expires the same keys at the same index)."""
+        now_mono = time.monotonic()
+        for key, (future, deadline) in list(self._waiters.items()):
+            if deadline <= now_mono:
+                del self._waiters[key]
+                _settle(future, ProposalTimeout())
+        due = self.store.next_expiry_ns()
+        now = self.clock()
+        if (due and due <= now and not self._sync_proposed and not self._stopping
+                and self.raw.state == StateLeader):
+            self._sync_proposed = True
+            pid = self._next_id()
+            self._submit(pid, TAG_SYNC + _ID_STAMP.pack(pid, now)).add_done_callback(self._sync_done)
+
+    def _sync_done(self, future: asyncio.Future[Any]) -> None:
+        self._sync_proposed = False
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("TTL sweep failed: %s", future.exception())
+
+    # ------------------------------------------------------------------ state for the HTTP layer
+
+    @property
+    def raft_index(self) -> int:
+        """The committed index (X-Raft-Index)."""
+        return int(self.raw.committed)
+
+    @property
+    def raft_term(self) -> int:
+        return int(self.raw.term)
+
+    @property
+    def commit_index(self) -> int:
+        return int(self.raw.committed)
+
+    @property
+    def sync_count(self) -> int:
+        return self.storage.syncs
+
+    @property
+    def state(self) -> str:
+        return str(STATE_NAMES[self.raw.state])
+
+    @property
+    def leader_id(self) -> int:
+        return int(self.raw.lead)
+
+    def is_healthy(self) -> bool:
+        """A leader is known and, on the leader, a quorum of voters was heard from within an
+        election timeout."""
+        if self._stopping or not self.raw.lead:
+            return False
+        if self.raw.lead != self.member_id:
+            return True
+        voters = self.raw.status().voters
+        window = time.monotonic() - self.config.election_ms / 1000
+        active = sum(1 for v in voters if v == self.member_id or self._heard.get(v, 0.0) >= window)
+        return active >= len(voters) // 2 + 1
+
+    def members(self) -> list[Member]:
+        """The current members, sorted by id."""
+        return list(self._members)
+
+    def leader_stats(self) -> dict[str, Any]:
+        """``/v2/stats/leader`` on the leader: per-follower latency and counts from the transport."""
+        followers: dict[str, Any] = {}
+        for m in self._members:
+            if m.id == self.member_id:
+                continue
+            try:
+                followers[f"{m.id:x}"] = self.transport.stats(m.id).to_etcd()
+            except (AttributeError, KeyError):
+                followers[f"{m.id:x}"] = {"latency": {"current": 0, "average": 0, "standardDeviation": 0,
+                                                      "minimum": 0, "maximum": 0},
+                                          "counts": {"fail": 0, "success": 0}}
+        return {"leader": f"{self.member_id:x}", "followers": followers}
+
+    # ------------------------------------------------------------------ membership
+
+    async def add_member(self, peer_urls: list[str]) -> Member:
+        """Add a member (etcd's POST /v2/members): its id mixes the peer URLs, the cluster token
+        and the current Unix time. One ConfChange carries the member's record."""
+        self._check_change(membership.CHANGE_ADD, 0, peer_urls)
+        member_id = identity.member_id(list(peer_urls), self.config.token, self.clock() // 1_000_000_000)
+        record = membership.encode_change(membership.CHANGE_ADD, member_id, peer_urls)
+        member: Member = await self._submit(("conf", ConfChangeAddNode, member_id),
+                                            ConfChange(ConfChangeAddNode, member_id, record))
+        return member
+
+    async def remove_member(self, member_id: int) -> None:
+        self._check_change(membership.CHANGE_REMOVE, member_id, ())
+        cc = ConfChange(ConfChangeRemoveNode, member_id)
+        await self._submit(("conf", cc.type, member_id), cc)
+
+    async def update_member(self, member_id: int, peer_urls: list[str]) -> None:
+        self._check_change(membership.CHANGE_UPDATE, member_id, peer_urls)
+        await self._submit_member(membership.CHANGE_UPDATE, member_id, peer_urls)
+
+    def _check_change(self, kind: str, member_id: int, peer_urls: list[str] | tuple[str, ...]) -> None:
+        if self._stopping:
+            raise V2Error(300, _STOPPED, 0)
+        try:
+            if kind != membership.CHANGE_ADD:
+                membership.check_change(self._members, self._removed, kind, member_id, peer_urls)
+            elif set(peer_urls) & {u for m in self._members for u in m.peer_urls}:
+                raise MembershipError(409, "membership: peerURL exists")
+        except MembershipError:
+            # etcd refuses it when validating the change against the members read from the store;
+            # make the same (counted) reads, although the answer is known without them.
+            membership.read_members(self.store, 0)
+            raise
+        if self.config.strict_reconfig:
+            membership.check_strict_reconfig(self._members, kind, member_id)
+
+    def _submit_member(self, kind: str, member_id: int, peer_urls: list[str] | tuple[str, ...]
+                       ) -> asyncio.Future[Any]:
+        pid = self._next_id()
+        change = membership.encode_change(kind, member_id, peer_urls)
+        return self._submit(pid, TAG_MEMBER + _ID.pack(pid) + change)
+
+
+def _settle(future: asyncio.Future[Any] | None, result: Any) -> None:
+    """Resolve a proposer's future with a result or an exception, unless it is gone already."""
+    if future is None or future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
