@@ -757,3 +757,98 @@ def test_expect_100_continue(client: Client) -> None:
     assert client.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
     client.feed(b"value=x")
     assert parse_replies(client.take())[0].status == 201
+
+
+# -- methods httptools does not know (Go routes any token) ---------------------------------------
+
+@pytest.mark.parametrize(("method", "target", "status", "allow"), [
+    ("FOO", "/v2/keys/x", 405, "HEAD,GET,PUT,POST,DELETE"),
+    ("get", "/v2/keys/x", 405, "HEAD,GET,PUT,POST,DELETE"),
+    ("GETX", "/version", 405, "GET"),
+    ("BREW", "/health", 405, "GET"),
+    ("FOO", "/v2/machines", 405, "GET,HEAD"),
+    ("FOO", "/v2/members", 405, "GET,POST,DELETE,PUT"),
+    ("FOO", "/v2/stats/store", 405, "GET"),
+    ("FOO", "/nothing", 404, None),
+])
+def test_unknown_method_is_routed_like_go(client: Client, method: str, target: str, status: int,
+                                          allow: str | None) -> None:
+    reply = client.request(method, target)
+    assert reply.status == status
+    assert reply.headers.get("Allow") == allow
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    assert not client.transport.closed
+    assert client.request("GET", "/version").status == 200  # the connection goes on
+
+
+def test_unknown_methods_among_pipelined_requests(client: Client) -> None:
+    client.feed(b"PUT /v2/keys/a?value=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nx=1"
+                b"FOO /v2/keys/a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+                b"GET /v2/keys/a HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"BAR /version HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /version HTTP/1.1\r\nHost: t\r\n\r\n")
+    replies = parse_replies(client.take())
+    assert [r.status for r in replies] == [201, 405, 200, 405, 200]
+    assert replies[2].json()["node"]["value"] == "1"
+
+
+def test_unknown_method_split_across_reads(client: Client) -> None:
+    client.feed(b"PUT /v2/keys/b HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 7\r\n\r\nval")
+    client.feed(b"ue=1F")
+    client.feed(b"OO /v2/keys/b HTTP/1.1\r\nHo")
+    client.feed(b"st: t\r\n\r\nGET /v2/keys/b HTTP/1.1\r\nHost: t\r\n\r\n")
+    replies = parse_replies(client.take())
+    assert [r.status for r in replies] == [201, 405, 200]
+    assert replies[2].json()["node"]["value"] == "1"
+
+
+@pytest.mark.parametrize("head", [b"F(O /v2/keys/x HTTP/1.1\r\n", b" GET /v2/keys/x HTTP/1.1\r\n"])
+def test_method_that_is_no_token_is_400_and_close(client: Client, head: bytes) -> None:
+    client.feed(head + b"Host: t\r\n\r\n")
+    assert client.take().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert client.transport.closed
+
+
+# -- store reads etcd makes on the side (visible in /v2/stats/store) ----------------------------
+
+def _gets(client: Client) -> tuple[int, int]:
+    stats = client.node.store.stats()
+    return stats["getsSuccess"], stats["getsFail"]
+
+
+@pytest.mark.parametrize(("method", "target", "body", "reads"), [
+    ("GET", "/v2/keys/", b"", (1, 1)),  # the auth flag, then the key
+    ("GET", "/v2/keys/nothing", b"", (0, 2)),
+    ("PUT", "/v2/keys/a", b"value=1", (0, 1)),
+    ("GET", "/v2/keys/a?ttl=x", b"", (0, 0)),  # invalid parameters: no auth read
+    ("PATCH", "/v2/keys/a", b"", (0, 0)),
+    ("GET", "/v2/members", b"", (0, 0)),
+    ("DELETE", "/v2/members", b"", (0, 1)),  # root access check, then 405 for the missing id
+    ("GET", "/health", b"", (1, 0)),  # the quorum read of the root
+    ("GET", "/version", b"", (0, 0)),
+])
+def test_store_reads_per_request(client: Client, method: str, target: str, body: bytes,
+                                 reads: tuple[int, int]) -> None:
+    before = _gets(client)
+    client.request(method, target, body)
+    after = _gets(client)
+    assert (after[0] - before[0], after[1] - before[1]) == reads
+
+
+def test_health_is_a_quorum_read_through_the_log(client: Client) -> None:
+    before = client.node.raft_index
+    assert client.request("GET", "/health").status == 200
+    assert client.node.raft_index == before + 1
+    client.node.fail_proposals = True
+    sick = client.request("GET", "/health")
+    assert (sick.status, sick.body) == (503, b'{"health":"false"}\n')
+
+
+def test_head_with_quorum_is_served_locally(client: Client) -> None:
+    client.request("PUT", "/v2/keys/c1", b"value=1")
+    before = client.node.raft_index
+    client.feed(b"HEAD /v2/keys/c1?quorum=true HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = client.take()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"X-Raft-Index: %d\r\n" % before in head
+    assert client.node.raft_index == before

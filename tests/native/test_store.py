@@ -449,3 +449,14 @@ def test_expiration_matches_rfc3339nano(unix_ns: int) -> None:
     fraction = f"{unix_ns % S:09d}".rstrip("0")
     expected = moment + ("." + fraction if fraction else "") + "Z"
     assert f'"expiration":"{expected}"'.encode() in body
+
+
+def test_auth_flag_read_counts_as_a_get() -> None:
+    store = fresh()
+    assert store.auth_enabled() is False
+    assert (store.stats()["getsSuccess"], store.stats()["getsFail"]) == (0, 1)
+    store.set("/2/enabled", False, "true", 0, False, NOW)
+    assert store.auth_enabled() is True
+    store.set("/2/enabled", False, "false", 0, False, NOW)
+    assert store.auth_enabled() is False
+    assert (store.stats()["getsSuccess"], store.stats()["getsFail"]) == (2, 1)
