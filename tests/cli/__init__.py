@@ -94,7 +94,7 @@ SCENARIO: tuple[tuple[str, ...], ...] = (
     ("-o", "json", "get", "d/x"),
     ("setdir", "d2"),
     ("--debug", "updatedir", "--ttl", "100", "d2"),
-    ("ls",),
+    ("ls", "d"),  # one child: etcd lists unsorted directories in random order
     ("ls", "-p", "-r", "--sort"),
     ("ls", "d", "--sort"),
     ("-o", "json", "ls", "/d"),
