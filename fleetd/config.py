@@ -24,6 +24,8 @@ Additions (not in fleet):
   ``auto`` is ``systemd`` on a host booted with systemd, else ``supervisor``.
 * ``reschedule_grace_period``: seconds a machine may be gone before its units are moved elsewhere
   (0 = fleet: at once). A Go duration or a number of seconds.
+* ``keep_units_on_exit``: a boolean; when true, ``SIGTERM``/``SIGINT`` leave the units running (like
+  ``SIGQUIT``) instead of fleet's purge (see ``fleetd.daemon``). Default false.
 
 Parsing (``parse_config``) is pure; ``load_config`` and ``read_machine_id`` read files and the
 environment.
@@ -182,6 +184,7 @@ class FleetConfig:
     api_listen: tuple[ListenAddress, ...] = (ListenAddress(path="/var/run/fleet.sock"),)
     runtime: str = "supervisor"
     reschedule_grace_period: float = 0.0
+    keep_units_on_exit: bool = False
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -203,7 +206,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "verbosity": _go_int, "token_limit": _go_int,
     "etcd_request_timeout": float, "engine_reconcile_interval": float,
     "systemd_user": parse_go_bool, "enable_grpc": parse_go_bool, "disable_engine": parse_go_bool,
-    "disable_watches": parse_go_bool,
+    "disable_watches": parse_go_bool, "keep_units_on_exit": parse_go_bool,
     "etcd_servers": parse_string_list, "metadata": parse_metadata, "agent_ttl": parse_go_duration,
     "api_listen": _listen_list, "runtime": _runtime, "reschedule_grace_period": _seconds,
 }

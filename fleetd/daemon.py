@@ -2,7 +2,7 @@
 
 Usage::
 
-    fleetd [-config FILE] [-version] [-keep_units_on_exit] [-<key> VALUE]...
+    fleetd [-config FILE] [-version] [-<key> VALUE]...
 
 Every fleet.conf key (``fleetd.config``) is also a flag: ``-etcd_servers http://10.0.0.1:2379``,
 ``-metadata=role=web``, ``--agent_ttl 10s``; ``-`` or ``--``, ``=`` or a separate value, ``-`` for
@@ -25,8 +25,10 @@ Signals -- how a fleetd ends decides what happens to its units:
   units keep running, the machine key is refreshed one last time and left in place; a fleetd started
   within ``agent_ttl`` on the same state directory takes the key over and re-adopts the units, so
   they are neither restarted nor moved (fleet restarted every unit on a fleetd restart, #1086).
-  ``-keep_units_on_exit`` makes ``SIGTERM``/``SIGINT`` detach too (for service managers that restart
-  with SIGTERM); draining a machine is then an explicit ``kill -TERM`` without that flag.
+  ``keep_units_on_exit`` (fleet.conf key, ``FLEET_KEEP_UNITS_ON_EXIT`` or ``-keep_units_on_exit``)
+  makes ``SIGTERM``/``SIGINT`` detach too (for service managers that restart with SIGTERM); the value
+  in force when the signal arrives counts (a ``SIGHUP`` reload changes it). Draining such a machine
+  means setting it false and reloading before ``kill -TERM``.
 * ``SIGKILL`` (a crash): like detach without the last refresh; units keep running; a fleetd restarted
   before the key expires takes it over, otherwise the engine has moved the units and the new agent
   unloads them here.
@@ -70,7 +72,7 @@ BOOL_KEYS = frozenset(f.name for f in dataclasses.fields(FleetConfig) if isinsta
 RESTART_KEYS = ("etcd_servers", "etcd_username", "etcd_password", "etcd_keyfile", "etcd_certfile",
                 "etcd_cafile", "etcd_key_prefix", "etcd_request_timeout", "units_directory", "runtime",
                 "machine_id", "machine_id_file", "api_listen", "disable_watches")
-USAGE = """Usage: fleetd [-config FILE] [-version] [-keep_units_on_exit] [-<key> VALUE]...
+USAGE = """Usage: fleetd [-config FILE] [-version] [-<key> VALUE]...
 
 Keys (also FLEET_<KEY> variables and fleet.conf lines):
   """ + "\n  ".join(KEYS) + "\n"
@@ -86,7 +88,6 @@ class Options:
 
     config_path: str | None = None
     overrides: Mapping[str, str] = field(default_factory=dict)
-    keep_units_on_exit: bool = False
     version: bool = False
     help: bool = False
 
@@ -96,7 +97,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     args = list(argv)
     config_path: str | None = None
     overrides: dict[str, str] = {}
-    switches = {"version": False, "help": False, "keep_units_on_exit": False}
+    switches = {"version": False, "help": False}
     if args[:1] == ["version"]:
         return Options(version=True)
     while args:
@@ -125,8 +126,7 @@ def parse_args(argv: Sequence[str]) -> Options:
             overrides[name] = value
     if args:
         raise UsageError(f"unexpected argument: {args[0]}")
-    return Options(config_path, overrides, keep_units_on_exit=switches["keep_units_on_exit"],
-                   version=switches["version"], help=switches["help"])
+    return Options(config_path, overrides, version=switches["version"], help=switches["help"])
 
 
 def build_config(options: Options, environ: Mapping[str, str] | None = None) -> FleetConfig:
@@ -155,16 +155,23 @@ def machine_state(config: FleetConfig, machine_id: str) -> MachineState:
 
 def make_runtime(config: FleetConfig, machine_id: str) -> UnitRuntime:
     """The unit runtime named by ``runtime``: the built-in supervisor keeps its state in
-    ``units_directory``; another runtime ``X`` comes from ``fleetd.runtime.X.create(config, machine_id)``."""
+    ``units_directory``; another runtime ``X`` comes from ``fleetd.runtime.X.create(config, machine_id)``.
+    Either way the Docker containers of units are tracked (``fleetd.runtime.containers``), unless the
+    runtime does that itself (``tracks_containers`` true)."""
+    from fleetd.runtime.containers import track_containers, unit_environment
     if config.runtime == "supervisor":
         from fleetd.runtime.supervisor import Supervisor
-        return Supervisor(config.units_directory, machine_id=machine_id)
-    try:
-        module = importlib.import_module(f"fleetd.runtime.{config.runtime}")
-        runtime: UnitRuntime = module.create(config, machine_id)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"runtime {config.runtime} is not available: {err}") from None
-    return runtime
+        runtime: UnitRuntime = Supervisor(config.units_directory, machine_id=machine_id,
+                                          unit_environment=lambda name: unit_environment(name, machine_id))
+    else:
+        try:
+            module = importlib.import_module(f"fleetd.runtime.{config.runtime}")
+            runtime = module.create(config, machine_id)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"runtime {config.runtime} is not available: {err}") from None
+    if getattr(runtime, "tracks_containers", False):
+        return runtime
+    return track_containers(runtime, machine_id)
 
 
 class _SourceFormatter(logging.Formatter):
@@ -287,12 +294,13 @@ class Daemon:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        purge = not self.options.keep_units_on_exit
-        for signum, purging in ((signal.SIGTERM, purge), (signal.SIGINT, purge), (signal.SIGQUIT, False)):
+        for signum, purging in ((signal.SIGTERM, True), (signal.SIGINT, True), (signal.SIGQUIT, False)):
             loop.add_signal_handler(signum, self._terminate, signum, purging)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
 
     def _terminate(self, signum: int, purge: bool) -> None:
+        """Shut down on ``signum``: purge units when ``purge`` and not ``keep_units_on_exit``, else detach."""
+        purge = purge and not self.config.keep_units_on_exit
         name = signal.Signals(signum).name
         if self._stop.is_set():
             log.warning("%s during shutdown: exiting now, units are left as they are", name)

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlencode, urlsplit
 
+from fleetd.http1 import ResponseError, client_ssl_context, framed, read_body, read_head
+
 if TYPE_CHECKING:
     from fleetd.config import FleetConfig
 
@@ -299,50 +301,6 @@ class _Request:
     watch: bool = False
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bool]:
-    """Status, lower-cased headers and keep-alive of an HTTP/1.x response; raises EOFError at once on EOF."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise EOFError("connection closed before the response")
-    version, _, rest = status_line.decode("latin-1").partition(" ")
-    try:
-        status = int(rest.split(" ", 1)[0])
-    except ValueError:
-        raise EtcdProtocolError(f"bad status line {status_line!r}") from None
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if not line.endswith(b"\n"):
-            raise EOFError("connection closed in the headers")
-        if line in (b"\r\n", b"\n"):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    connection = headers.get("connection", "").lower()
-    keep_alive = (version == "HTTP/1.1" and connection != "close") or connection == "keep-alive"
-    return status, headers, keep_alive
-
-
-async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> tuple[bytes, bool]:
-    """The body (de-chunked) and whether the connection may be reused after it."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        parts: list[bytes] = []
-        while True:
-            size_line = await reader.readline()
-            if not size_line.endswith(b"\n"):
-                raise EOFError("connection closed in a chunked body")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts), True
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-    if "content-length" in headers:
-        return await reader.readexactly(int(headers["content-length"])), True
-    return await reader.read(), False
-
-
 class _Pool:
     """Idle keep-alive connections of one endpoint, and every connection it opened (to close them)."""
 
@@ -435,11 +393,7 @@ class EtcdClient:
     @classmethod
     def from_config(cls, config: FleetConfig) -> EtcdClient:
         """A client for fleetd's ``etcd_*`` settings (servers, timeout, basic auth, TLS files)."""
-        context = None
-        if config.etcd_cafile or config.etcd_certfile:
-            context = ssl.create_default_context(cafile=config.etcd_cafile or None)
-            if config.etcd_certfile:
-                context.load_cert_chain(config.etcd_certfile, config.etcd_keyfile or None)
+        context = client_ssl_context(config.etcd_cafile, config.etcd_certfile, config.etcd_keyfile)
         return cls(config.etcd_servers, config.etcd_request_timeout, config.etcd_username,
                    config.etcd_password, context)
 
@@ -663,13 +617,15 @@ class EtcdClient:
             async with asyncio.timeout(self.request_timeout) as deadline:
                 conn.writer.write(head.encode("latin-1") + b"\r\n" + request.body)
                 await conn.writer.drain()
-                status, headers, keep_alive = await _read_head(conn.reader)
+                status, headers, keep_alive = await read_head(conn.reader)
                 got_head = True
                 if request.watch:
                     deadline.reschedule(None)
-                body, reusable = await _read_body(conn.reader, headers)
+                body, reusable = await read_body(conn.reader, headers), framed(headers)
         except TimeoutError:
             raise _NoAnswer("timed out", timed_out=True) from None
+        except ResponseError as err:
+            raise EtcdProtocolError(str(err)) from None
         except (OSError, EOFError, asyncio.IncompleteReadError) as err:
             if not got_head and conn.reused:
                 raise _NotSent(f"stale connection: {err}") from None

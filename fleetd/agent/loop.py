@@ -48,6 +48,7 @@ from pathlib import Path
 from fleetd.agent import plan as agent_plan
 from fleetd.agent.plan import AgentTask, AgentTaskKind, LoadedUnit
 from fleetd.etcd import EtcdCompareFailed, EtcdException, EtcdKeyNotFound, EtcdNodeExists
+from fleetd.files import write_atomically
 from fleetd.job import JobState, Unit, UnitState
 from fleetd.machine import MachineState, merge_metadata
 from fleetd.registry.layout import EtcdOp, JobRecord, OpKind, decode_job_object, decode_target_state
@@ -173,9 +174,8 @@ class MachinePresence:
 
     def _remember(self, created_index: int) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps({"machine_id": self.machine.id, "created_index": created_index}))
-        tmp.replace(self.state_file)
+        write_atomically(self.state_file, json.dumps({"machine_id": self.machine.id,
+                                                      "created_index": created_index}))
 
     def _remembered_index(self) -> int | None:
         try:

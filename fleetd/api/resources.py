@@ -10,7 +10,8 @@ be reached (fleet answered 500 with an empty message).
 Additions to fleet, under ``<prefix>/ext/`` (documented in docs/fleet-differences.md):
 
 * ``GET ext/machines/<id>/api``: ``{"machineID","urls"}``, where that machine's API answers;
-* ``GET ext/units/<name>/placement``: ``{"name","reason"}``, why the engine could not place the unit;
+* ``GET ext/units/<name>/placement``: ``{"name","reason"}``, why the engine leaves the unit unscheduled
+  (``engine/unplaced/<name>``, ``Registry.unplaced_reason``);
 * ``GET ext/units/<name>/status``: the unit as this machine's runtime sees it (``fleetctl status``);
 * ``GET ext/units/<name>/journal?lines=N&follow=true``: its journal as ``text/plain`` lines, streamed.
 """
@@ -363,7 +364,7 @@ class FleetApi:
         if len(parts) == 3 and parts[0] == "units":
             name, what = parts[1], parts[2]
             if what == "placement":
-                reason = await self.registry.placement_reason(name)
+                reason = await self.registry.unplaced_reason(name)
                 if reason is None:
                     raise ApiError(404, "no placement reason published")
                 return json_response(200, {"name": name, "reason": reason})
@@ -385,7 +386,7 @@ class FleetApi:
                 "exit": status.exit, "loadError": status.load_error, "loadState": status.state.load_state,
                 "machineID": self.machine_id, "mainPID": status.main_pid or 0, "name": status.name,
                 "result": status.result, "since": status.since, "statusText": status.status_text,
-                "subState": status.state.sub_state}
+                "subState": status.state.sub_state, "containers": list(status.containers)}
 
     def _journal(self, request: ApiRequest, name: str) -> ApiResponse:
         runtime = self._runtime()

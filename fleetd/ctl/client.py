@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from fleetd.api.resources import ApiRequest, FleetApi
 from fleetd.etcd import EtcdClient, EtcdException
+from fleetd.http1 import ResponseError, body_chunks, read_head
 from fleetd.registry.layout import Layout
 from fleetd.registry.registry import Registry
 
@@ -91,36 +92,6 @@ async def _open(endpoint: HttpEndpoint, context: ssl.SSLContext | None,
         raise ClientError(f"unable to connect to {where}: {reason}") from None
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = (await reader.readline()).decode("latin-1")
-    try:
-        status = int(status_line.split()[1])
-    except (IndexError, ValueError):
-        raise ClientError(f"malformed HTTP response {status_line.strip()!r}") from None
-    headers: dict[str, str] = {}
-    while True:
-        line = (await reader.readline()).decode("latin-1").strip()
-        if not line:
-            return status, headers
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-
-
-async def _chunks(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
-    """The body of a response as it arrives (chunked, by length, or until the connection closes)."""
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                return
-            yield await reader.readexactly(size)
-            await reader.readline()
-    elif "content-length" in headers:
-        yield await reader.readexactly(int(headers["content-length"]))
-    else:
-        yield await reader.read()
-
-
 class HttpTransport:
     """One request per connection to an API endpoint, as fleet's client: ``?alt=json`` and its User-Agent."""
 
@@ -150,25 +121,25 @@ class HttpTransport:
         writer.write(self._request_bytes(method, path, query, body))
         try:
             async with asyncio.timeout(self.timeout):
-                status, headers = await _read_head(reader)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+                status, headers, _ = await read_head(reader)
+        except (OSError, TimeoutError, EOFError, ResponseError) as err:
             writer.close()
             raise ClientError(f"request to the fleet API failed: {err or 'timeout'}") from None
 
-        async def body_chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for chunk in _chunks(reader, headers):
+                async for chunk in body_chunks(reader, headers):
                     yield chunk
             finally:
                 writer.close()
-        return status, body_chunks()
+        return status, chunks()
 
     async def __call__(self, method: str, path: str, query: str, body: bytes) -> Answer:
         status, chunks = await self.stream(method, path, query, body)
         try:
             async with asyncio.timeout(self.timeout):
                 data = b"".join([chunk async for chunk in chunks])
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+        except (OSError, TimeoutError, EOFError, ResponseError) as err:
             raise ClientError(f"request to the fleet API failed: {err or 'timeout'}") from None
         return Answer(status, data)
 
@@ -290,16 +261,6 @@ def _error_text(answer: Answer) -> str:
     except (ValueError, KeyError, TypeError):
         text = answer.body.decode("utf-8", "replace").strip()
         return f"googleapi: got HTTP response code {answer.status} with body: {text}"
-
-
-def ssl_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext | None:
-    """TLS settings from ``--ca-file``/``--cert-file``/``--key-file`` (None when none is given)."""
-    if not (ca_file or cert_file):
-        return None
-    context = ssl.create_default_context(cafile=ca_file or None)
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file or None)
-    return context
 
 
 def api_client(endpoint: str, timeout: float, context: ssl.SSLContext | None = None,

@@ -93,6 +93,7 @@ def format_status(status: dict[str, Any], journal: list[str]) -> str:
         lines.append(f"  Process: {status['exit']}")
     if status.get("statusText"):
         lines.append(f'   Status: "{status["statusText"]}"')
+    lines.extend(f"Container: {container}" for container in status.get("containers") or ())
     lines.append(f"  Machine: {status.get('machineID', '')}")
     text = "\n".join(lines) + "\n"
     if journal:

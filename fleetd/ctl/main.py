@@ -16,9 +16,10 @@ from typing import Any
 
 from fleetd import FLEET_VERSION
 from fleetd.ctl import inspect, lists, remote, units
-from fleetd.ctl.client import ClientError, FleetClient, api_client, etcd_client, ssl_context
+from fleetd.ctl.client import ClientError, FleetClient, api_client, etcd_client
 from fleetd.ctl.command import BLOCK_FLAGS, REPLACE, SIGN, Command, Context, Flag, flag_table
 from fleetd.ctl.output import tabwrite
+from fleetd.http1 import client_ssl_context
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 ENV_PREFIX = "FLEETCTL_"
@@ -219,8 +220,9 @@ def parse_args(argv: list[str],
 
 
 def _make_client(options: dict[str, Any]) -> FleetClient:
-    context = ssl_context(options["ca-file"] or options["etcd-cafile"], options["cert-file"] or
-                          options["etcd-certfile"], options["key-file"] or options["etcd-keyfile"])
+    context = client_ssl_context(options["ca-file"] or options["etcd-cafile"],
+                                 options["cert-file"] or options["etcd-certfile"],
+                                 options["key-file"] or options["etcd-keyfile"])
     driver = str(options["driver"])
     if driver.lower() == "etcd":
         endpoint = options["endpoint"]

@@ -11,6 +11,8 @@ Keys under the prefix (default ``/_coreos.com/fleet/``)::
     job/<name>/target-state         = inactive|loaded|launched
     job/<name>/target               = <mid>                              engine; absent = unscheduled
     job/<name>/job-state            = <mid>                              TTL agent_ttl, agent heartbeat
+    engine/unplaced/<name>          = why the engine leaves the unit unscheduled    (addition)
+    machines/<mid>/api              = comma list of the machine's API URLs          (addition)
     states/<name>/<mid>             = {"loadState",..,"machineState":{..},"unitHash"}         TTL agent_ttl
     state/<name>                    = the same JSON (legacy, last writer wins)                TTL agent_ttl
 
@@ -136,14 +138,10 @@ class Layout:
     def legacy_unit_state(self, name: str) -> str:
         return self.key("state", name)
 
-    # additions (not in fleet): where a machine's API is reached, why a unit is not placed
+    # an addition (not in fleet): where a machine's API is reached
     def machine_api(self, machine_id: str) -> str:
         """``machines/<id>/api``: comma list of URLs of the machine's fleetd API (``http://``, ``unix://``)."""
         return self.key("machines", machine_id, "api")
-
-    def placement_reason(self, name: str) -> str:
-        """``placement/<name>``: why the engine could not place the unit in its last round."""
-        return self.key("placement", name)
 
     def relative(self, key: str) -> list[str]:
         """The parts of ``key`` below the prefix (``[]`` for keys outside it)."""
@@ -280,15 +278,15 @@ def decode_lease(value: str) -> Lease:
 # Reading recursive GETs
 
 
-def _children(node: Mapping[str, Any] | None) -> Iterator[tuple[str, Mapping[str, Any]]]:
+def children(node: Mapping[str, Any] | None) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """(last path component, child node) of a directory node, sorted by key."""
     for child in sorted((node or {}).get("nodes") or [], key=lambda n: n.get("key", "")):
         yield str(child.get("key", "")).rsplit("/", 1)[-1], child
 
 
-def _values(node: Mapping[str, Any] | None) -> dict[str, str]:
+def leaf_values(node: Mapping[str, Any] | None) -> dict[str, str]:
     """Leaf name -> value of the non-directory children of a directory node."""
-    return {leaf: str(child.get("value", "")) for leaf, child in _children(node) if not child.get("dir")}
+    return {leaf: str(child.get("value", "")) for leaf, child in children(node) if not child.get("dir")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,8 +303,8 @@ class JobRecord:
 def read_jobs(jobs_node: Mapping[str, Any] | None) -> list[JobRecord]:
     """Parse a recursive GET of ``job/``; directories without a valid ``object`` are skipped."""
     records = []
-    for name, job_dir in _children(jobs_node):
-        leaves = _values(job_dir)
+    for name, job_dir in children(jobs_node):
+        leaves = leaf_values(job_dir)
         if "object" not in leaves:
             continue
         try:
@@ -318,14 +316,22 @@ def read_jobs(jobs_node: Mapping[str, Any] | None) -> list[JobRecord]:
     return records
 
 
-def read_unit_blobs(units_node: Mapping[str, Any] | None) -> dict[str, UnitFile]:
-    """Parse a recursive GET of ``unit/`` into hash hex -> unit file; unparsable blobs are skipped."""
+def read_unit_blobs(units_node: Mapping[str, Any] | None,
+                    cache: dict[str, UnitFile] | None = None) -> dict[str, UnitFile]:
+    """Parse a recursive GET of ``unit/`` into hash hex -> unit file; unparsable blobs are skipped.
+
+    With ``cache`` (hash -> parsed file, filled in here), only blobs not in it are parsed: a blob's
+    content never changes under its hash.
+    """
+    cache = {} if cache is None else cache
     blobs = {}
-    for key, child in _children(units_node):
-        try:
-            blobs[key] = decode_unit_blob(str(child.get("value", "")))
-        except LayoutError:
-            continue
+    for key, child in children(units_node):
+        if key not in cache:
+            try:
+                cache[key] = decode_unit_blob(str(child.get("value", "")))
+            except LayoutError:
+                continue
+        blobs[key] = cache[key]
     return blobs
 
 
@@ -333,12 +339,12 @@ def read_machines(machines_node: Mapping[str, Any] | None) -> list[MachineState]
     """Parse a recursive GET of ``machines/``: objects with dynamic metadata merged; dirs without
     ``object`` (left behind by expired machines) are skipped."""
     machines = []
-    for _, machine_dir in _children(machines_node):
-        leaves = dict(_children(machine_dir))
+    for _, machine_dir in children(machines_node):
+        leaves = dict(children(machine_dir))
         obj = leaves.get("object")
         if obj is None:
             continue
-        dynamic = _values(leaves.get("metadata"))
+        dynamic = leaf_values(leaves.get("metadata"))
         try:
             machines.append(decode_machine_object(str(obj.get("value", "")), dynamic))
         except LayoutError:
@@ -349,17 +355,17 @@ def read_machines(machines_node: Mapping[str, Any] | None) -> list[MachineState]
 def read_dynamic_metadata(machines_node: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
     """Dynamic metadata of every machine directory, registered or not (machine ID -> key -> value)."""
     result = {}
-    for machine_id, machine_dir in _children(machines_node):
-        leaves = dict(_children(machine_dir))
-        result[machine_id] = _values(leaves.get("metadata"))
+    for machine_id, machine_dir in children(machines_node):
+        leaves = dict(children(machine_dir))
+        result[machine_id] = leaf_values(leaves.get("metadata"))
     return result
 
 
 def read_unit_states(states_node: Mapping[str, Any] | None) -> list[UnitState]:
     """Parse a recursive GET of ``states/``, sorted by (unit name, machine ID); bad values are skipped."""
     states = []
-    for name, unit_dir in _children(states_node):
-        for machine_id, child in _children(unit_dir):
+    for name, unit_dir in children(states_node):
+        for machine_id, child in children(unit_dir):
             try:
                 states.append(decode_unit_state(str(child.get("value", "")), name, machine_id))
             except LayoutError:
@@ -505,13 +511,14 @@ class Writes:
         read for machines whose presence key is live."""
         return EtcdOp(OpKind.SET, self.layout.machine_api(machine_id), urls, ttl=ttl)
 
-    def set_placement_reason(self, name: str, reason: str, ttl: float) -> EtcdOp:
-        """Say why ``name`` could not be placed; the key expires after ``ttl`` unless rewritten."""
-        return EtcdOp(OpKind.SET, self.layout.placement_reason(name), reason, ttl=ttl)
+    def set_unplaced_reason(self, name: str, reason: str) -> EtcdOp:
+        """Say why ``name`` wants to run but is not scheduled (``engine/unplaced/<name>``, the engine
+        leader only; it withdraws the reason once the unit is placed or gone)."""
+        return EtcdOp(OpKind.SET, self.layout.unplaced_reason(name), reason)
 
-    def clear_placement_reason(self, name: str) -> EtcdOp:
+    def clear_unplaced_reason(self, name: str) -> EtcdOp:
         """The unit was placed (or is gone): forget why it was not."""
-        return EtcdOp(OpKind.DELETE, self.layout.placement_reason(name))
+        return EtcdOp(OpKind.DELETE, self.layout.unplaced_reason(name))
 
     def acquire_lease(self, machine_id: str, ttl: float, version: int = ENGINE_VERSION) -> EtcdOp:
         """Create the leader lease (fails if held)."""

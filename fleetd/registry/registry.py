@@ -41,10 +41,13 @@ from fleetd.registry.layout import (
     RegistrySnapshot,
     Writes,
     build_snapshot,
+    children,
     decode_lease,
     decode_unit_blob,
+    leaf_values,
     read_jobs,
     read_machines,
+    read_unit_blobs,
     read_unit_states,
 )
 from fleetd.unit import UnitFile
@@ -91,17 +94,6 @@ class JobEvent:
     @property
     def resync(self) -> bool:
         return not self.name
-
-
-def _child_dirs(node: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
-    """Last path component -> child node of a directory node."""
-    return {str(c.get("key", "")).rsplit("/", 1)[-1]: c for c in (node or {}).get("nodes") or []}
-
-
-def _leaf_values(node: Mapping[str, Any] | None) -> dict[str, str]:
-    """Last path component -> value of the files directly in a directory node."""
-    return {name: str(child.get("value", "")) for name, child in _child_dirs(node).items()
-            if not child.get("dir")}
 
 
 class Registry:
@@ -208,7 +200,7 @@ class Registry:
 
     async def machine_metadata(self, machine_id: str) -> dict[str, str]:
         """The dynamic metadata written for ``machine_id`` (key -> value, ``""`` = removed key)."""
-        return _leaf_values(await self._get_dir(self.layout.key("machines", machine_id, "metadata")))
+        return leaf_values(await self._get_dir(self.layout.key("machines", machine_id, "metadata")))
 
     async def machines(self) -> list[MachineState]:
         """Live machines, sorted by ID, dynamic metadata merged."""
@@ -228,23 +220,6 @@ class Registry:
         except EtcdKeyNotFound:
             return []
         return [url.strip() for url in value.split(",") if url.strip()]
-
-    # -- placement reasons (an addition to fleet) --------------------------------------------------------
-
-    async def set_placement_reason(self, name: str, reason: str, ttl: float) -> None:
-        """Say why the engine could not place ``name`` this round (expires after ``ttl`` seconds)."""
-        await self.apply(self.writes.set_placement_reason(name, reason, ttl))
-
-    async def clear_placement_reason(self, name: str) -> None:
-        """Forget the placement reason of ``name``; absent is fine."""
-        await self._apply_quietly(self.writes.clear_placement_reason(name))
-
-    async def placement_reason(self, name: str) -> str | None:
-        """Why the engine last failed to place ``name``, None if it published no reason."""
-        try:
-            return (await self.client.get(self.layout.placement_reason(name), quorum=True)).value or None
-        except EtcdKeyNotFound:
-            return None
 
     # -- unit states and heartbeats ---------------------------------------------------------------------
 
@@ -299,24 +274,12 @@ class Registry:
             root, index = result.node, result.etcd_index
         except EtcdKeyNotFound as err:
             root, index = None, err.index
-        parts = _child_dirs(root)
+        parts = dict(children(root))
         jobs = read_jobs(parts.get("job"))
-        blobs = self._parse_blobs(parts.get("unit"))
+        blobs = read_unit_blobs(parts.get("unit"), self._blobs)
         snapshot = build_snapshot(jobs, blobs, read_machines(parts.get("machines")),
                                   read_unit_states(parts.get("states")))
         return ClusterRead(snapshot, index, tuple(jobs))
-
-    def _parse_blobs(self, units_node: Mapping[str, Any] | None) -> dict[str, UnitFile]:
-        """Blobs by hash, parsing only those not cached yet; unparsable blobs are left out."""
-        blobs = {}
-        for name, node in _child_dirs(units_node).items():
-            if name not in self._blobs:
-                try:
-                    self._blobs[name] = decode_unit_blob(str(node.get("value", "")))
-                except LayoutError:
-                    continue
-            blobs[name] = self._blobs[name]
-        return blobs
 
     async def jobs(self) -> tuple[list[JobRecord], int]:
         """Every ``job/<name>`` record (no unit blobs, no states) in one quorum GET, and the etcd index
@@ -415,19 +378,26 @@ class Registry:
                 continue
             yield JobEvent(parts[1], event.key, event.action, event.modified_index, event.value or "")
 
-    # -- why units are not scheduled ------------------------------------------------------------------
+    # -- why units are not scheduled (an addition to fleet) --------------------------------------------
 
     async def unplaced_reasons(self) -> dict[str, str]:
         """Unit name -> why the engine leaves it unscheduled, as last published by the engine leader."""
-        return _leaf_values(await self._get_dir(self.layout.unplaced_dir()))
+        return leaf_values(await self._get_dir(self.layout.unplaced_dir()))
+
+    async def unplaced_reason(self, name: str) -> str | None:
+        """Why the engine leaves ``name`` unscheduled, None if it published no reason."""
+        try:
+            return (await self.client.get(self.layout.unplaced_reason(name), quorum=True)).value or None
+        except EtcdKeyNotFound:
+            return None
 
     async def set_unplaced_reason(self, name: str, reason: str) -> None:
         """Publish why ``name`` is not scheduled (the engine leader only)."""
-        await self.apply(EtcdOp(OpKind.SET, self.layout.unplaced_reason(name), reason))
+        await self.apply(self.writes.set_unplaced_reason(name, reason))
 
     async def clear_unplaced_reason(self, name: str) -> None:
         """Withdraw the reason once ``name`` is scheduled or gone; absent is fine."""
-        await self._delete_quietly(self.layout.unplaced_reason(name))
+        await self._apply_quietly(self.writes.clear_unplaced_reason(name))
 
     # -- garbage ---------------------------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ event loop. Contract of each operation, whatever the runtime:
 * ``journal(name, lines, follow)`` yields the last ``lines`` journal lines, then with ``follow`` new
   ones until the iterator is closed.
 * ``close()`` releases the runtime's resources. It never stops units: they keep running.
+
+This is all the agent and the API use. fleet has no reload of a unit (no ``fleetctl reload``), so
+``reload(name)`` (systemd's ExecReload=) is not part of the interface; the built-in supervisor offers
+it as an extra.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class UnitStatus:
     ``since`` is the wall-clock time of the last active-state change; ``main_pid`` None when there is
     none; ``result`` is systemd's result (``success``, ``exit-code``, ``signal``, ``timeout``...);
     ``exit`` describes how the main process ended (``code=exited, status=1/FAILURE``) or is ``""``;
-    ``status_text`` is the last ``STATUS=`` a notify service sent; ``load_error`` why it cannot run.
+    ``status_text`` is the last ``STATUS=`` a notify service sent; ``load_error`` why it cannot run;
+    ``containers`` describes the unit's Docker containers, one line each (``fleetd.runtime.containers``).
     """
 
     name: str
@@ -71,6 +76,7 @@ class UnitStatus:
     exit: str = ""
     status_text: str = ""
     load_error: str = ""
+    containers: tuple[str, ...] = ()
 
 
 @runtime_checkable

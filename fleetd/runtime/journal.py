@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from fleetd.files import write_atomically
+
 DEFAULT_MAX_BYTES = 1 << 20
 #: A line longer than this is cut into entries of this size (journald's line_max is 48 KiB).
 LINE_MAX = 48 * 1024
@@ -170,9 +172,7 @@ class Journal:
 
     def _write_pos(self, name: str, pos: int) -> None:
         self._positions[name] = pos
-        tmp = self._pos_path(name).with_suffix(".tmp")
-        tmp.write_text(str(pos))
-        os.replace(tmp, self._pos_path(name))
+        write_atomically(self._pos_path(name), str(pos))
 
     def forget_output(self, name: str) -> None:
         """Drop the raw output file (after it was pumped) when no process of the unit is left."""

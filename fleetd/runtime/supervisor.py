@@ -7,6 +7,7 @@ Each unit goes through systemd's service state machine and reports the same stat
     -> deactivating/stop (ExecStop) -> deactivating/stop-sigterm [-> stop-sigkill]
     -> deactivating/stop-post (ExecStopPost) [-> final-sigterm -> final-sigkill]
     -> inactive/dead, or failed/failed, or activating/auto-restart -> (RestartSec) -> a new start.
+    active/* -> reloading/reload (ExecReload, by ``reload``) -> active/* again, whatever its result.
 
 Processes. Every process of a unit (ExecStartPre, the main process, ExecStop, ...) starts in a session
 of its own; the unit's processes are all live processes in the sessions the unit started (found in
@@ -60,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fleetd.files import write_atomically
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState, UnitStatus
 from fleetd.runtime.journal import Journal
 from fleetd.runtime.service import (
@@ -84,6 +86,8 @@ from fleetd.unit import UnitFile
 SCAN_INTERVAL = 0.05
 PUMP_INTERVAL = 0.2
 HISTORY = 64
+#: The longest wait for the exit status of a main process known to be dead.
+REAP_TIMEOUT = 2.0
 
 _R = TypeVar("_R")
 
@@ -93,7 +97,9 @@ class _Stopped(Exception):
 
 
 class _TimedOut(Exception):
-    """A start or stop operation ran out of time."""
+    """An operation ran out of time; ``control`` is the control process still running, if any."""
+
+    control: asyncio.subprocess.Process | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,7 @@ class _Unit:
     restarts: int = 0
     history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     watch_fds: list[int] = field(default_factory=list)
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def load_state(self) -> str:
@@ -206,12 +213,15 @@ class Supervisor:
     """The built-in runtime over ``state_dir`` (see the module docstring for the behaviour).
 
     ``hostname``/``machine_id`` feed specifiers and journal lines; ``clock`` gives wall-clock times
-    (journal stamps, ``since``); all waiting uses the running event loop.
+    (journal stamps, ``since``); all waiting uses the running event loop. ``unit_environment(name)``
+    gives variables exported to every process of unit ``name`` (its Environment= settings win).
     """
 
     def __init__(self, state_dir: Path | str, *, hostname: str | None = None, machine_id: str = "",
-                 clock: Callable[[], float] = time.time, journal_max_bytes: int = 1 << 20) -> None:
+                 clock: Callable[[], float] = time.time, journal_max_bytes: int = 1 << 20,
+                 unit_environment: Callable[[str], Mapping[str, str]] | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.unit_environment = unit_environment
         self.hostname = hostname or socket.gethostname()
         self.machine_id = machine_id
         self.clock = clock
@@ -231,10 +241,7 @@ class Supervisor:
     async def load(self, name: str, unit: UnitFile) -> None:
         """Make ``unit`` known as ``name`` and record it in the state dir (see ``UnitRuntime``)."""
         self._ensure_pump()
-        path = self.state_dir / "units" / name
-        tmp = path.with_name(name + ".tmp")
-        tmp.write_text(unit.text)
-        os.replace(tmp, path)
+        write_atomically(self.state_dir / "units" / name, unit.text)
         self._register(name, unit)
 
     async def unload(self, name: str) -> None:
@@ -261,6 +268,8 @@ class Supervisor:
             if not unit.stop_requested:
                 return
             await self._wait_driver(unit)  # a stop is in progress: start after it
+        if unit.active_state == "reloading":  # active/exited being reloaded: it is up
+            return
         if self._adopt_unit(unit):
             return
         if unit.active_state == "active":  # oneshot + RemainAfterExit, already exited
@@ -273,7 +282,7 @@ class Supervisor:
         """Stop ``name`` and return once it is inactive or failed (see ``UnitRuntime``)."""
         unit = self._require(name)
         if unit.driver is None or unit.driver.done():
-            if unit.active_state == "active":  # active/exited: nothing runs, run the stop path
+            if unit.active_state in ("active", "reloading"):  # active/exited: nothing runs, run the stop path
                 unit.stop_requested = True
                 self._begin(unit, self._drive_stop(unit))
             else:
@@ -281,6 +290,56 @@ class Supervisor:
         unit.stop_requested = True
         unit.wakeup.set()
         await self._wait_driver(unit)
+
+    async def reload(self, name: str) -> None:
+        """systemd's ``reload``: run ExecReload= of an active unit and return when it is done.
+
+        While the commands run the unit reports ``reloading/reload`` (``$MAINPID`` is set for them), then
+        the state it had again: a reload never stops the unit, even when it fails. Raises
+        ``UnitRuntimeError`` when the unit has no ExecReload= ("not applicable"), is not active, is
+        stopped meanwhile, or a command fails or runs longer than TimeoutStartSec= (the command is then
+        killed). Reloads of one unit run one after another.
+        """
+        unit = self._require(name)
+        if unit.spec is None:
+            raise UnitRuntimeError(f"Unit {name} has a bad unit file setting: {unit.load_error}")
+        if not unit.spec.exec_reload:
+            raise UnitRuntimeError(f"Job type reload is not applicable for unit {name}.")
+        async with unit.reload_lock:
+            if unit.active_state != "active" or unit.stop_requested:
+                raise UnitRuntimeError(f"Unit {name} is not active, cannot reload.")
+            result = await self._run_reload(unit, unit.sub_state)
+        if result is not ServiceResult.SUCCESS:
+            raise UnitRuntimeError(f"Reload of {name} failed with result '{result}'.")
+
+    async def _run_reload(self, unit: _Unit, sub_state: str) -> ServiceResult:
+        """active/<sub_state> -> reloading/reload -> active/<sub_state> (unless a stop took over)."""
+        spec = unit.spec
+        assert spec is not None
+        self._log(unit, f"Reloading {unit.label}...")
+        # active -> reloading/reload
+        self._set_state(unit, "reloading", "reload")
+        deadline = asyncio.get_running_loop().time() + spec.timeout_start
+        try:
+            result = await self._run_commands(unit, spec.exec_reload, deadline)
+        except _Stopped:
+            result = ServiceResult.SUCCESS
+        except _TimedOut as timed_out:
+            self._log(unit, f"{unit.name}: Reload operation timed out. Killing reload process.")
+            if timed_out.control is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    timed_out.control.kill()
+            result = ServiceResult.TIMEOUT
+        except _SpawnError as err:
+            self._log(unit, f"{unit.name}: {err}")
+            result = ServiceResult.EXIT_CODE
+        if unit.stop_requested or (unit.active_state, unit.sub_state) != ("reloading", "reload"):
+            raise UnitRuntimeError(f"Unit {unit.name} was stopped while reloading.")
+        # reloading/reload -> active/<sub_state>
+        self._set_state(unit, "active", sub_state)
+        self._log(unit, f"Reloaded {unit.label}." if result is ServiceResult.SUCCESS
+                  else f"{unit.name}: Reload failed with result '{result}'.")
+        return result
 
     async def reload_daemon(self) -> None:
         """Nothing to do: ``load`` applies unit files at once (a running unit uses a new file from its next
@@ -447,10 +506,7 @@ class Supervisor:
         record = {"main_pid": unit.main_pid, "main_start": unit.main_start, "sessions": sorted(unit.sessions),
                   "active_state": unit.active_state, "sub_state": unit.sub_state, "boot_id": _boot_id(),
                   "since": unit.since, "hash": unit.unit_file.hash.hex}
-        path = self._record_path(unit)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        write_atomically(self._record_path(unit), json.dumps(record))
 
     def _load_record(self, unit: _Unit) -> dict[str, object] | None:
         try:
@@ -612,7 +668,7 @@ class Supervisor:
             if spec.exec_start_pre:
                 # inactive -> activating/start-pre
                 self._set_state(unit, "activating", "start-pre")
-                await self._run_commands(unit, spec.exec_start_pre, deadline)
+                self._fail(unit, await self._run_commands(unit, spec.exec_start_pre, deadline))
                 if unit.result is not ServiceResult.SUCCESS:
                     return False
             # -> activating/start
@@ -621,7 +677,7 @@ class Supervisor:
             if spec.exec_start_post and unit.result is ServiceResult.SUCCESS:
                 # activating/start -> activating/start-post
                 self._set_state(unit, "activating", "start-post")
-                await self._run_commands(unit, spec.exec_start_post, deadline)
+                self._fail(unit, await self._run_commands(unit, spec.exec_start_post, deadline))
         except _Stopped:
             return False
         except _TimedOut:
@@ -750,7 +806,7 @@ class Supervisor:
         self._set_state(unit, "deactivating", "stop")
         deadline = asyncio.get_running_loop().time() + spec.timeout_stop
         try:
-            await self._run_commands(unit, spec.exec_stop, deadline, stopping=True)
+            self._fail(unit, await self._run_commands(unit, spec.exec_stop, deadline, stopping=True))
         except _TimedOut:
             self._log(unit, f"{unit.name}: Stopping timed out. Terminating.")
             self._fail(unit, ServiceResult.TIMEOUT)
@@ -763,6 +819,7 @@ class Supervisor:
         spec = unit.spec
         assert spec is not None
         await self._kill(unit, "stop")
+        await self._collect_main_exit(unit)
         if unit.main_done is not None and unit.main_done.done() and unit.main_exit is None:
             self._main_exited(unit, unit.main_done.result(), False)
         if spec.exec_stop_post:
@@ -771,13 +828,22 @@ class Supervisor:
             deadline = asyncio.get_running_loop().time() + spec.timeout_stop
             with contextlib.suppress(_Stopped):
                 try:
-                    await self._run_commands(unit, spec.exec_stop_post, deadline, stopping=True)
+                    result = await self._run_commands(unit, spec.exec_stop_post, deadline, stopping=True)
+                    self._fail(unit, result)
                 except _TimedOut:
                     self._fail(unit, ServiceResult.TIMEOUT)
                 except _SpawnError as err:
                     self._log(unit, f"{unit.name}: {err}")
                     self._fail(unit, ServiceResult.EXIT_CODE)
             await self._kill(unit, "final")
+
+    async def _collect_main_exit(self, unit: _Unit) -> None:
+        """When the main process is dead but its exit not yet collected (the child watcher reports it a
+        moment later), wait for it, so that ExecStopPost= sees ``$EXIT_CODE``/``$EXIT_STATUS``."""
+        done = unit.main_done
+        if done is not None and not done.done() and not _alive(unit.main_pid):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), REAP_TIMEOUT)
 
     def _enter_dead(self, unit: _Unit, *, logged: bool = False) -> None:
         """-> inactive/dead, or failed/failed when the run did not succeed."""
@@ -813,6 +879,8 @@ class Supervisor:
         spec = unit.spec
         assert spec is not None
         env = spec.base_environment()
+        if self.unit_environment is not None:
+            env = {**self.unit_environment(unit.name), **env}
         for path, optional in spec.environment_files:
             try:
                 env.update(parse_environment_file(Path(path).read_text()))
@@ -877,10 +945,11 @@ class Supervisor:
         return process
 
     async def _run_commands(self, unit: _Unit, commands: Iterable[ExecCommand], deadline: float, *,
-                            stopping: bool = False) -> None:
-        """Run control commands one after another; a failing one (without ``-``) fails the unit and ends
-        the sequence. Raises ``_TimedOut`` at ``deadline``, ``_Stopped`` on a stop request (not while
-        stopping)."""
+                            stopping: bool = False) -> ServiceResult:
+        """Run control commands one after another; a failing one (without ``-``) ends the sequence and
+        its result is returned (``SUCCESS`` when all succeeded; the caller decides whether it fails the
+        unit). Raises ``_TimedOut`` at ``deadline`` (carrying the running command), ``_Stopped`` on a
+        stop request (not while stopping)."""
         spec = unit.spec
         assert spec is not None
         for command in commands:
@@ -888,6 +957,9 @@ class Supervisor:
             unit.control_pid = process.pid
             try:
                 returncode = await self._until(unit, process.wait(), deadline, interruptible=not stopping)
+            except _TimedOut as timed_out:
+                timed_out.control = process
+                raise
             finally:
                 unit.control_pid = None
             self.journal_store.pump(unit.name)
@@ -898,8 +970,8 @@ class Supervisor:
             self._log(unit, f"{unit.name}: Control process exited, {status.describe()}"
                       + (" (ignored)" if command.ignore_failure else ""))
             if not command.ignore_failure:
-                self._fail(unit, result)
-                return
+                return result
+        return ServiceResult.SUCCESS
 
     async def _until(self, unit: _Unit, awaitable: Awaitable[_R], deadline: float, *,
                      interruptible: bool = True) -> _R:

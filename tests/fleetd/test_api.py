@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import http.client
 import json
 import socket
@@ -16,7 +18,7 @@ import pytest
 from fleetd.api.pagination import PageToken
 from fleetd.api.server import start_api
 from fleetd.config import FleetConfig, ListenAddress
-from fleetd.etcd import EtcdClient
+from fleetd.etcd import EtcdClient, EtcdException
 from fleetd.job import JobState, Unit, UnitState
 from fleetd.machine import MachineState
 from fleetd.registry.layout import Layout
@@ -92,11 +94,35 @@ class Cluster:
             )
         )
         self.port = self.servers[1].sockets[0].getsockname()[1]
+        self.background: list[concurrent.futures.Future[Any]] = []
+        #: Held by ``reset``: background work on the registry holds it too, so it never sees half a reset.
+        self.quiet = asyncio.Lock()
+
+    def keep_present(self, *machines: MachineState, ttl: float = 10.0) -> None:
+        """Register ``machines`` and refresh their presence keys as their agents would, until ``close``
+        (a module's tests may well outlast any fixed TTL)."""
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(ttl / 4)
+                for machine in machines:
+                    with contextlib.suppress(EtcdException):
+                        await self.registry.beat_machine(machine, ttl)
+
+        for machine in machines:
+            self.run(self.registry.register_machine(machine, ttl))
+        self.in_background(heartbeat())
+
+    def in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` on the cluster's loop until ``close``."""
+        self.background.append(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     def close(self) -> None:
+        for task in self.background:
+            task.cancel()
         for server in self.servers:
             server.close()
         self.run(self.etcd.close())
@@ -132,11 +158,16 @@ class Cluster:
         return status, json.loads(content) if content else None
 
     def reset(self) -> None:
+        """Remove every unit, unit state and unplaced reason (while holding ``quiet``)."""
+
         async def wipe() -> None:
-            for unit in await self.registry.units():
-                await self.registry.destroy_unit(unit)
-            for state in await self.registry.unit_states():
-                await self.registry.remove_unit_state(state.unit_name)
+            async with self.quiet:
+                for unit in await self.registry.units():
+                    await self.registry.destroy_unit(unit)
+                for state in await self.registry.unit_states():
+                    await self.registry.remove_unit_state(state.unit_name)
+                for name in await self.registry.unplaced_reasons():
+                    await self.registry.clear_unplaced_reason(name)
 
         self.run(wipe())
 
@@ -156,8 +187,7 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Server]:
 def cluster(etcd: harness.Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(etcd.url, tmp_path_factory.mktemp("api") / "fleet.sock", "/api-test/", token_limit=2)
     cluster.open[0] = True
-    cluster.run(cluster.registry.register_machine(M1, 60))
-    cluster.run(cluster.registry.register_machine(M2, 60))
+    cluster.keep_present(M1, M2)
     yield cluster
     cluster.close()
 
@@ -460,7 +490,7 @@ def test_discovery_document(api: Cluster) -> None:
 
 def test_additions_serve_placement_reasons_status_and_journal(api: Cluster) -> None:
     assert api.request("GET", "/fleet/v1/ext/units/hello.service/placement")[0] == 404
-    api.run(api.registry.set_placement_reason("hello.service", "no machine has metadata role=db", 30))
+    api.run(api.registry.set_unplaced_reason("hello.service", "no machine has metadata role=db"))
     assert api.json("GET", "/fleet/v1/ext/units/hello.service/placement") == (
         200,
         {"name": "hello.service", "reason": "no machine has metadata role=db"},

@@ -31,6 +31,7 @@ def test_defaults_are_fleets() -> None:
     assert config.api_listen == (ListenAddress(path="/var/run/fleet.sock"),)
     assert config.machine_id_file == "/etc/machine-id"
     assert config.reschedule_grace_period == 0.0
+    assert not config.keep_units_on_exit
     assert config == FleetConfig()
 
 
@@ -61,6 +62,15 @@ def test_environment_overrides_the_file_and_empty_variables_do_not() -> None:
     config = parse_config(text, env)
     assert (config.agent_ttl, config.verbosity, config.public_ip) == (3.0, 1, "1.1.1.1")
     assert config.etcd_servers == ("http://e:2379",) and config.disable_watches
+
+
+def test_keep_units_on_exit_from_the_file_or_the_environment() -> None:
+    assert parse_config("keep_units_on_exit = true\n").keep_units_on_exit
+    assert parse_config("", {"FLEET_KEEP_UNITS_ON_EXIT": "1"}).keep_units_on_exit
+    overridden = parse_config("keep_units_on_exit=true", {"FLEET_KEEP_UNITS_ON_EXIT": "false"})
+    assert not overridden.keep_units_on_exit
+    with pytest.raises(ConfigError, match="keep_units_on_exit"):
+        parse_config("keep_units_on_exit=sometimes")
 
 
 def test_invalid_values_name_the_key() -> None:

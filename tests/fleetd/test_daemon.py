@@ -1,6 +1,7 @@
 """fleetd as a user runs it: three real fleetd processes (built-in supervisor, real ``/bin/sleep`` units)
-over the reference etcd. Units are submitted by writing the registry, as ``fleetctl --driver=etcd``
-does; what runs is checked in the registry and in ``/proc``."""
+over the reference etcd, each serving its API on TCP. Units are submitted by writing the registry, as
+``fleetctl --driver=etcd`` does, or with ``fleetctl`` against one machine's API; what runs is checked in
+the registry and in ``/proc``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from fleetd.registry.layout import Layout, RegistrySnapshot
 from fleetd.registry.registry import Registry
 from fleetd.unit import UnitFile
 from tests import harness
+from tests.fleetd.test_fleetctl import Fleetctl
 
 T = TypeVar("T")
 PREFIX = "/fleet-test/"
@@ -60,10 +62,14 @@ def test_every_config_key_is_a_flag_and_flags_win(tmp_path: Path) -> None:
     options = parse_args(["-config", str(conf), "--metadata=region=flag", "-agent-ttl", "5s",
                           "-disable_engine", "-keep_units_on_exit"])
     assert options == Options(str(conf), {"metadata": "region=flag", "agent_ttl": "5s",
-                                          "disable_engine": "true"}, keep_units_on_exit=True)
+                                          "disable_engine": "true", "keep_units_on_exit": "true"})
     config = build_config(options, {"FLEET_METADATA": "region=env", "FLEET_ENGINE_RECONCILE_INTERVAL": "7"})
     assert dict(config.metadata) == {"region": "flag"}
     assert (config.agent_ttl, config.engine_reconcile_interval, config.disable_engine) == (5.0, 7.0, True)
+    assert config.keep_units_on_exit
+    conf.write_text("keep_units_on_exit = true\n")
+    flag_wins = build_config(parse_args(["-config", str(conf), "-keep_units_on_exit=false"]), {})
+    assert not flag_wins.keep_units_on_exit
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -90,6 +96,7 @@ class Fleetd:
     etcd_url: str
     metadata: str
     api_port: int = 0
+    extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
 
@@ -107,7 +114,8 @@ class Fleetd:
                         f"machine_id = {self.machine_id}\nmetadata = {self.metadata}\npublic_ip = 127.0.0.1\n"
                         f"agent_ttl = {TTL}s\nengine_reconcile_interval = 0.5\n"
                         f"units_directory = {self.units_dir}\nruntime = supervisor\n"
-                                    f"api_listen = {f'127.0.0.1:{self.api_port}' if self.api_port else ''}\n")
+                                    f"api_listen = {f'127.0.0.1:{self.api_port}' if self.api_port else ''}\n"
+                                    + self.extra_config)
 
     def start(self, *flags: str) -> Fleetd:
         self.write_config()
@@ -156,8 +164,8 @@ class Cluster:
         self.etcd = harness.reference_etcd(tmp).start()
         self.machines = [Fleetd(mid, tmp / f"m{i + 1}", self.etcd.url, meta)
                          for i, (mid, meta) in enumerate(zip(IDS, METADATA, strict=True))]
-        self.machines[0].api_port = harness.free_port()  # the others serve no API
         for machine in self.machines:
+            machine.api_port = harness.free_port()
             machine.start()
 
     def registry(self, action: Callable[[Registry], Awaitable[T]]) -> T:
@@ -209,6 +217,12 @@ class Cluster:
             return None
         return target if self.machine(target).unit_pid(name) else None
 
+    def run_pinned(self, name: str, machine: Fleetd) -> int:
+        """Submit a sleeper pinned to ``machine``, wait until it runs there; its main PID."""
+        self.submit((name, sleeper(f"[X-Fleet]\nMachineID={machine.machine_id}\n")))
+        self.wait(f"{name} running", lambda: self.running(name))
+        return self.wait(f"{name}'s PID", lambda: machine.unit_pid(name))
+
     def destroy_and_wait(self, *names: str) -> None:
         self.destroy(*names)
         self.wait(f"{names} stopped everywhere", lambda: not any(
@@ -236,6 +250,59 @@ def test_api_is_served_once_registered(cluster: Cluster) -> None:
     with urllib.request.urlopen(url, timeout=5) as response:
         body = json.load(response)
     assert sorted(m["id"] for m in body["machines"]) == sorted(IDS)
+
+
+def api_fleetctl(cluster: Cluster, cwd: Path) -> Fleetctl:
+    """fleetctl talking to machine 1's API over TCP."""
+    return Fleetctl([f"--endpoint=http://127.0.0.1:{cluster.machines[0].api_port}"], cwd)
+
+
+def output_with(fleetctl: Fleetctl, text: str, *args: str) -> str:
+    """fleetctl's output of ``args`` if it contains ``text``, else ``""`` (for ``Cluster.wait``)."""
+    out = fleetctl(*args).stdout
+    return out if text in out else ""
+
+
+def test_fleetctl_through_one_machines_api(cluster: Cluster, tmp_path: Path) -> None:
+    """A unit's whole life with fleetctl talking to machine 1's API, while machine 2 runs the unit:
+    state from the real supervisor, status and journal fetched from machine 2's API (no SSH)."""
+    fleetctl = api_fleetctl(cluster, tmp_path)
+    fleetctl.write("e2e.service", "[Unit]\nDescription=End to end\n[Service]\n"
+                   'ExecStart=/bin/sh -c "echo hello from e2e; exec sleep 1000"\n'
+                   f"[X-Fleet]\nMachineID={IDS[1]}\n")
+    there = f"{IDS[1][:8]}.../127.0.0.1"
+    assert fleetctl("submit", "e2e.service").stdout == "Unit e2e.service inactive\n"
+    started = fleetctl("start", "--block-attempts=20", "e2e.service")
+    assert (started.returncode, started.stdout) == (0, f"Unit e2e.service launched on {there}\n"), started
+    pid = cluster.wait("e2e running", lambda: cluster.machine(IDS[1]).unit_pid("e2e.service"))
+    listed = cluster.wait("listed", lambda: output_with(fleetctl, "running", "list-units", "--no-legend"))
+    assert listed == f"e2e.service\t{there}\tactive\trunning\n"
+    status = fleetctl("status", "e2e.service")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("● e2e.service - End to end\n")
+    assert "   Active: active (running) since" in status.stdout
+    assert f" Main PID: {pid}\n" in status.stdout and f"  Machine: {IDS[1]}\n" in status.stdout
+    journal = cluster.wait("output journaled", lambda: output_with(fleetctl, "hello", "journal", "e2e"))
+    assert f"e2e.service[{pid}]: hello from e2e\n" in journal
+    stopped = fleetctl("stop", "--block-attempts=20", "e2e.service")
+    assert (stopped.returncode, stopped.stdout) == (0, f"Unit e2e.service loaded on {there}\n"), stopped
+    cluster.wait("e2e's process gone", lambda: not _alive(pid))
+    assert fleetctl("destroy", "e2e.service").stdout == "Destroyed e2e.service\n"
+    assert fleetctl("list-unit-files", "--no-legend").stdout == ""
+
+
+def test_fleetctl_start_of_an_unplaceable_unit_says_why(cluster: Cluster, tmp_path: Path) -> None:
+    fleetctl = api_fleetctl(cluster, tmp_path)
+    fleetctl.write("nowhere.service", sleeper("[X-Fleet]\nMachineMetadata=role=none\n").text)
+    started = fleetctl("start", "--block-attempts=3", "nowhere.service")
+    reason = cluster.registry(lambda reg: reg.unplaced_reason("nowhere.service"))
+    assert reason is not None and "metadata" in reason
+    assert (started.returncode, started.stdout) == (1, "Unit nowhere.service inactive\n")
+    assert started.stderr == (f"Unit nowhere.service cannot be placed yet: {reason}\n"
+                              "Error waiting for units: timed out waiting for unit nowhere.service to report "
+                              "state launched\n")
+    assert fleetctl("destroy", "nowhere.service").stdout == "Destroyed nowhere.service\n"
+    cluster.wait("reason withdrawn", lambda: not cluster.registry(lambda reg: reg.unplaced_reasons()))
 
 
 def test_units_are_spread_over_idle_machines_and_run(cluster: Cluster) -> None:
@@ -301,9 +368,7 @@ def test_units_of_a_killed_machine_move_after_agent_ttl(cluster: Cluster) -> Non
 
 def test_sigquit_restart_keeps_units_running(cluster: Cluster) -> None:
     m1 = cluster.machine(IDS[0])
-    cluster.submit(("keep.service", sleeper(f"[X-Fleet]\nMachineID={IDS[0]}\n")))
-    cluster.wait("keep running", lambda: cluster.running("keep.service"))
-    pid = m1.unit_pid("keep.service")
+    pid = cluster.run_pinned("keep.service", m1)
     assert m1.send(signal.SIGQUIT) == 0
     assert _alive(pid)
     m1.start()
@@ -333,11 +398,27 @@ def test_sighup_reloads_metadata(cluster: Cluster) -> None:
     cluster.destroy_and_wait("mon.service")
 
 
+def test_sigterm_with_keep_units_on_exit_leaves_units_running(cluster: Cluster) -> None:
+    m2 = cluster.machine(IDS[1])
+    pid = cluster.run_pinned("kept.service", m2)
+    m2.extra_config = "keep_units_on_exit = true\n"
+    m2.write_config()
+    assert m2.process is not None
+    m2.process.send_signal(signal.SIGHUP)
+    cluster.wait("configuration reloaded", lambda: "Reloading configuration from" in m2.log())
+    assert m2.send(signal.SIGTERM) == 0
+    assert _alive(pid)
+    assert "Received SIGTERM: shutting down, leaving units running" in m2.log()
+    m2.extra_config = ""
+    m2.start()
+    cluster.wait("reconciled", lambda: "Agent ready: 1 unit(s) wanted here, 1 loaded" in m2.log())
+    assert m2.unit_pid("kept.service") == pid
+    cluster.destroy_and_wait("kept.service")
+
+
 def test_sigterm_stops_units_and_leaves(cluster: Cluster) -> None:
     m3 = cluster.machine(IDS[2])
-    cluster.submit(("pinned.service", sleeper(f"[X-Fleet]\nMachineID={IDS[2]}\n")))
-    cluster.wait("pinned running", lambda: cluster.running("pinned.service"))
-    pid = m3.unit_pid("pinned.service")
+    pid = cluster.run_pinned("pinned.service", m3)
     assert m3.send(signal.SIGTERM) == 0
     assert not _alive(pid)
     snap = cluster.snapshot()

@@ -7,6 +7,7 @@ stand-in agent schedules units on the first machine and publishes the states a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetd.etcd import EtcdException
 from fleetd.job import JobState, UnitState
 from fleetd.registry.registry import Registry
 from tests import harness
@@ -27,45 +29,53 @@ PINNED = "[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineID=ffffffff\n"
 GLOBAL = "[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n"
 
 
-async def stand_in_agent(registry: Registry) -> None:
-    """Place wanted units on M1 (or publish why not) and publish the states an agent would."""
+async def stand_in_agent(cluster: Cluster) -> None:
+    """Place wanted units on M1 (or publish why not) and publish the states an agent would; like a real
+    agent, it retries after an etcd failure. Rounds never overlap ``Cluster.reset``."""
     while True:
-        read = await registry.read()
-        published = {(s.unit_name, s.machine_id): s for s in read.snapshot.unit_states}
-        machines = read.snapshot.machines
-        for job in read.jobs:
-            unit = read.snapshot.units.get(job.name)
-            if unit is None or unit.is_global:
-                continue
-            if job.target_state is JobState.INACTIVE:
-                if job.target_machine_id:
-                    await registry.unschedule_unit(job.name, job.target_machine_id)
-                    await registry.remove_unit_state(job.name)
-                    await registry.clear_job_heartbeat(job.name)
-                continue
-            wanted = unit.requirements.machine_id
-            if not job.target_machine_id:
-                if wanted and not any(m.match_id(wanted) for m in machines):
-                    await registry.set_placement_reason(job.name, f"no machine has ID {wanted}", 10)
-                else:
-                    await registry.schedule_unit(job.name, M1.id)
-                continue
-            running = job.target_state is JobState.LAUNCHED
-            state = UnitState(
-                job.name,
-                M1.id,
-                unit.hash,
-                "loaded",
-                "active" if running else "inactive",
-                "running" if running else "dead",
-            )
-            if not state.same_systemd_state(published.get((job.name, M1.id))):
-                await registry.save_unit_state(state, 30)
-            if running and job.heartbeat != M1.id:
-                await registry.job_heartbeat(job.name, M1.id, 30)
-            elif not running and job.heartbeat:
-                await registry.clear_job_heartbeat(job.name)
+        with contextlib.suppress(EtcdException):
+            async with cluster.quiet:
+                await stand_in_round(cluster.registry)
         await asyncio.sleep(0.1)
+
+
+async def stand_in_round(registry: Registry) -> None:
+    """One round of ``stand_in_agent``."""
+    read = await registry.read()
+    published = {(s.unit_name, s.machine_id): s for s in read.snapshot.unit_states}
+    machines = read.snapshot.machines
+    for job in read.jobs:
+        unit = read.snapshot.units.get(job.name)
+        if unit is None or unit.is_global:
+            continue
+        if job.target_state is JobState.INACTIVE:
+            if job.target_machine_id:
+                await registry.unschedule_unit(job.name, job.target_machine_id)
+                await registry.remove_unit_state(job.name)
+                await registry.clear_job_heartbeat(job.name)
+            continue
+        wanted = unit.requirements.machine_id
+        if not job.target_machine_id:
+            if wanted and not any(m.match_id(wanted) for m in machines):
+                await registry.set_unplaced_reason(job.name, f"no machine has ID {wanted}")
+            else:
+                await registry.schedule_unit(job.name, M1.id)
+            continue
+        running = job.target_state is JobState.LAUNCHED
+        state = UnitState(
+            job.name,
+            M1.id,
+            unit.hash,
+            "loaded",
+            "active" if running else "inactive",
+            "running" if running else "dead",
+        )
+        if not state.same_systemd_state(published.get((job.name, M1.id))):
+            await registry.save_unit_state(state, 30)
+        if running and job.heartbeat != M1.id:
+            await registry.job_heartbeat(job.name, M1.id, 30)
+        elif not running and job.heartbeat:
+            await registry.clear_job_heartbeat(job.name)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +83,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     etcd = harness.reference_etcd(tmp_path_factory.mktemp("etcd")).start()
     cluster = Cluster(etcd.url, tmp_path_factory.mktemp("api") / "fleet.sock", PREFIX)
     cluster.open[0] = True
-    cluster.run(cluster.registry.register_machine(M1, 60))
-    cluster.run(cluster.registry.register_machine(M2, 60))
-    agent = asyncio.run_coroutine_threadsafe(stand_in_agent(cluster.registry), cluster.loop)
+    cluster.keep_present(M1, M2)
+    cluster.in_background(stand_in_agent(cluster))
     yield cluster, etcd
-    agent.cancel()
     cluster.close()
     etcd.stop()
 

@@ -287,6 +287,11 @@ def test_write_semantics() -> None:
                                                                f"{P}/state/a.service"]
     assert w.job_heartbeat("a.service", MID, 30) == EtcdOp(OpKind.SET, f"{P}/job/a.service/job-state", MID,
                                                            ttl=30)
+    # additions: the engine's reason for leaving a unit unscheduled, where a machine's API answers
+    assert w.set_unplaced_reason("a.service", "why") == EtcdOp(OpKind.SET, f"{P}/engine/unplaced/a.service",
+                                                               "why")
+    assert w.clear_unplaced_reason("a.service") == EtcdOp(OpKind.DELETE, f"{P}/engine/unplaced/a.service")
+    assert w.publish_api(MID, "http://x:1") == EtcdOp(OpKind.SET, f"{P}/machines/{MID}/api", "http://x:1")
 
 
 # --- the value types behind the API's JSON (spec 3, 4) ---------------------------------------------------

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
 
 from fleetd.etcd import EtcdClient
 from fleetd.job import JobState, Unit, UnitState
@@ -20,23 +19,12 @@ from fleetd.registry.layout import (
 from fleetd.registry.registry import EngineLeadership, JobEvent, Registry
 from fleetd.unit import UnitFile
 from tests import harness
+from tests.fleetd.test_etcd_client import run, until
 
-T = TypeVar("T")
 HELLO = UnitFile.from_text('[Service]\nExecStart=/bin/bash -c "while true; do echo hi; sleep 1; done"\n')
 GLOBAL = UnitFile.from_text("[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n")
 M1 = MachineState("10000000000000000000000000000001", "127.0.0.1", {"region": "east"})
 M2 = MachineState("20000000000000000000000000000002", "127.0.0.2")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 6.0) -> None:
-    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
 
 
 def with_registry(server: harness.Server, scenario: Callable[[Registry], Awaitable[None]]) -> None:

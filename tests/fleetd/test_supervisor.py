@@ -297,6 +297,67 @@ def test_start_limit_stops_a_crash_loop(tmp_path: Path) -> None:
     run(test, tmp_path)
 
 
+# --- reloading -----------------------------------------------------------------------------------
+
+def test_reload_runs_exec_reload_while_the_unit_stays_active(tmp_path: Path) -> None:
+    hups, gate = tmp_path / "hups", tmp_path / "gate"
+
+    async def test(sup: Supervisor) -> None:
+        await load(sup, "hup.service", f"[Service]\n"
+                                       f"ExecStart=/bin/sh -c 'trap \"echo hup >> {hups}\" HUP; "
+                                       f"while :; do sleep 0.05; done'\n"
+                                       f"ExecReload=/bin/sh -c 'kill -HUP $MAINPID; "
+                                       f"while [ ! -e {gate} ]; do sleep 0.02; done'\n")
+        with pytest.raises(UnitRuntimeError, match="not active, cannot reload"):
+            await sup.reload("hup.service")
+        await sup.start("hup.service")
+        await sup.wait_for("hup.service", "active/running", WAIT)
+        main = sup.main_pid("hup.service")
+        reload = asyncio.ensure_future(sup.reload("hup.service"))
+        assert await sup.wait_for("hup.service", "reloading", WAIT) == state("loaded/reloading/reload")
+        await wait_until(hups.exists)
+        assert not reload.done()
+        gate.touch()
+        await reload
+        assert (await sup.states())["hup.service"] == state("loaded/active/running")
+        assert sup.main_pid("hup.service") == main and hups.read_text() == "hup\n"
+        assert sup.history("hup.service")[-3:] == ["active/running", "reloading/reload", "active/running"]
+        lines = "\n".join(await journal(sup, "hup.service"))
+        assert "Reloading hup.service..." in lines and "Reloaded hup.service." in lines
+        await load(sup, "plain.service", "[Service]\nExecStart=/bin/sleep 100\n")
+        with pytest.raises(UnitRuntimeError, match="reload is not applicable"):
+            await sup.reload("plain.service")
+    run(test, tmp_path)
+
+
+def test_a_failed_reload_keeps_the_unit_running_and_a_stop_ends_a_reload(tmp_path: Path) -> None:
+    async def test(sup: Supervisor) -> None:
+        await load(sup, "bad.service", "[Service]\nExecStart=/bin/sleep 100\nExecReload=/bin/false\n")
+        await load(sup, "slow.service", "[Service]\nExecStart=/bin/sleep 100\nTimeoutStartSec=1\n"
+                                        "ExecReload=/bin/sleep 100\n")
+        for name in ("bad.service", "slow.service"):
+            await sup.start(name)
+            await sup.wait_for(name, "active", WAIT)
+        main = sup.main_pid("bad.service")
+        with pytest.raises(UnitRuntimeError, match="failed with result 'exit-code'"):
+            await sup.reload("bad.service")
+        assert (await sup.states())["bad.service"] == state("loaded/active/running")
+        assert sup.main_pid("bad.service") == main
+        sessions = set(session_members([sup.main_pid("slow.service") or 0]))
+        with pytest.raises(UnitRuntimeError, match="failed with result 'timeout'"):
+            await sup.reload("slow.service")  # the reload command is killed, the unit runs on
+        assert (await sup.states())["slow.service"] == state("loaded/active/running")
+        assert "Reload operation timed out" in "\n".join(await journal(sup, "slow.service"))
+        reload = asyncio.ensure_future(sup.reload("slow.service"))
+        await sup.wait_for("slow.service", "reloading", WAIT)
+        await sup.stop("slow.service")
+        with pytest.raises(UnitRuntimeError, match="stopped while reloading"):
+            await reload
+        assert (await sup.states())["slow.service"] == state("loaded/inactive/dead")
+        assert not any(alive(pid) for pid in sessions)
+    run(test, tmp_path)
+
+
 # --- stopping ------------------------------------------------------------------------------------
 
 def test_kill_signal_is_sent_to_the_whole_process_group(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""End-to-end tests: fleetd machines, Docker containers and fastkv together."""
