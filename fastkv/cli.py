@@ -742,14 +742,13 @@ def initial_cluster_text(values: Mapping[str, str], explicit: set[str]) -> str:
     return text
 
 
-def is_initialised(data_dir: str) -> bool:
-    """Whether ``data_dir`` already holds a member's log (then the initial-cluster flags are ignored)."""
-    return os.path.isdir(os.path.join(data_dir, "member", "log"))
-
-
 def check_bootstrap(settings: Settings, log: Log) -> None:
-    """The checks etcd makes when a new member boots from ``--initial-cluster``."""
-    if settings.discovery or settings.discovery_srv or settings.initial_cluster_state != "new":
+    """The checks etcd makes when a new member boots from ``--initial-cluster``, or joins a running
+    cluster with it (``existing``)."""
+    if settings.initial_cluster_state == "existing":
+        check_join(settings, log)
+        return
+    if settings.discovery or settings.discovery_srv:
         return
     members = dict(settings.initial_cluster)
     if settings.name not in members:
@@ -766,6 +765,21 @@ def check_bootstrap(settings: Settings, log: Log) -> None:
             f"--initial-advertise-peer-urls={','.join(settings.initial_advertise_peer_urls)} "
             f"(resolved urls: {go_q(','.join(advertised))} != {go_q(','.join(mine))})",
         )
+
+
+def check_join(settings: Settings, log: Log) -> None:
+    """etcd's VerifyJoinExisting: the member's name is in ``--initial-cluster``, no peer URL is
+    listed twice, and no discovery is asked for."""
+    if settings.name not in dict(settings.initial_cluster):
+        raise log.fatal(
+            "etcdmain", f"couldn't find local name {go_q(settings.name)} in the initial cluster configuration"
+        )
+    urls = [u for _, member_urls in settings.initial_cluster for u in member_urls]
+    if len(set(urls)) != len(urls):
+        listed = ",".join(sorted(f"{n}={u}" for n, named in settings.initial_cluster for u in named))
+        raise log.fatal("etcdmain", f"initial cluster {listed} has duplicate url")
+    if settings.discovery:
+        raise log.fatal("etcdmain", "discovery URL should not be set when joining existing initial cluster")
 
 
 def build_settings(values: Mapping[str, str], explicit: set[str], log: Log) -> Settings:
@@ -816,6 +830,13 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str], log: Log, out
     if not is_initialised(settings.data_dir):
         check_bootstrap(settings, log)
     return settings
+
+
+def is_initialised(data_dir: str) -> bool:
+    """Whether ``data_dir`` already holds a member's log (then the initial-cluster flags are ignored)."""
+    from fastkv.storage.datadir import is_initialised as holds_log
+
+    return holds_log(data_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,10 @@ import time
 
 from fastkv import identity
 from fastkv._native.logstore import CorruptLogError
+from fastkv.server.join import Joined, JoinError, join
 from fastkv.server.node import Node, NodeConfig
 from fastkv.settings import Settings
-from fastkv.storage.datadir import DataDir, DataDirError, Identity, open_data_dir
+from fastkv.storage.datadir import DataDir, DataDirError, Identity, is_initialised, open_data_dir
 from fastkv.storage.snapshot import SnapshotError
 
 VERSION = "3.4.23"
@@ -47,16 +48,21 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
-def node_config(settings: Settings) -> NodeConfig:
-    """Member and cluster ids from the flags, computed as etcd computes them."""
+def node_config(settings: Settings, joined: Joined | None = None) -> NodeConfig:
+    """Member and cluster ids from the flags, computed as etcd computes them, or, for a member
+    joining a running cluster, the ids the cluster gave (``joined``)."""
     token = settings.initial_cluster_token
     peers = dict(settings.initial_cluster)
     initial = tuple((identity.member_id(list(urls), token), tuple(urls)) for urls in peers.values())
     own_urls = tuple(peers.get(settings.name) or settings.initial_advertise_peer_urls)
+    member_id = identity.member_id(list(own_urls), token)
+    cluster_id = identity.cluster_id([mid for mid, _ in initial])
+    if joined is not None:
+        member_id, cluster_id, initial = joined.member_id, joined.cluster_id, joined.members
     return NodeConfig(
         name=settings.name,
-        member_id=identity.member_id(list(own_urls), token),
-        cluster_id=identity.cluster_id([mid for mid, _ in initial]),
+        member_id=member_id,
+        cluster_id=cluster_id,
         peer_urls=own_urls,
         client_urls=tuple(settings.advertise_client_urls),
         initial_members=initial,
@@ -71,9 +77,9 @@ def node_config(settings: Settings) -> NodeConfig:
     )
 
 
-def open_member(settings: Settings) -> tuple[DataDir, Node]:
+def open_member(settings: Settings, joined: Joined | None = None) -> tuple[DataDir, Node]:
     """Open and check the data directory and recover the node from it (``DataDirError`` if unusable)."""
-    config = node_config(settings)
+    config = node_config(settings, joined)
     data_dir = open_data_dir(settings.data_dir,
                              Identity(config.name, config.member_id, config.cluster_id, config.token),
                              check_member_id=settings.initial_cluster_state == "new")
@@ -93,8 +99,16 @@ def run(settings: Settings) -> int:
     log.info("fastkv Version: %s (etcd v2 API)", VERSION)
     log.info("name = %s", settings.name)
     log.info("data dir = %s", settings.data_dir)
+    joined = None
+    if settings.initial_cluster_state == "existing" and not is_initialised(settings.data_dir):
+        try:  # a data directory that exists is used as it is: "existing" is then ignored
+            joined = join(settings)
+        except JoinError as exc:
+            logging.getLogger("fastkv.etcdmain").critical("%s", exc)
+            return 1
+        log.info("joining cluster %x as member %x", joined.cluster_id, joined.member_id)
     try:
-        data_dir, node = open_member(settings)
+        data_dir, node = open_member(settings, joined)
     except DataDirError as exc:
         log.critical("%s", exc)
         return 1

@@ -170,12 +170,39 @@ def check_strict_reconfig(members: list[Member], kind: str, member_id: int) -> N
         raise MembershipError(500, "Internal Server Error")
 
 
-def apply_change(store: Store, data: bytes, now_ns: int) -> tuple[Member | None, list[Event]]:
-    """Apply a CONF entry to the store: the member it concerns (None for a removal) and the
-    store events it made. ``MembershipError`` when it no longer applies (nothing changed)."""
+def check_active_quorum(voters: list[int], self_id: int, kind: str, member_id: int,
+                        active_since: dict[int, float], since: float) -> None:
+    """etcd's other strict reconfiguration rule, on the member that takes the request: an addition
+    needs the links to every other voter up since ``since`` (``active_since``: when each link came
+    up, 0 = down); removing a member whose link is down is always allowed; removing another needs
+    the voters active since ``since``, less one, to be a quorum of the voters that remain."""
+    def active(v: int) -> bool:
+        return v == self_id or 0 < active_since.get(v, 0.0) <= since
+
+    if kind == CHANGE_ADD:
+        if not all(active(v) for v in voters):
+            raise MembershipError(500, "Internal Server Error")
+    elif kind == CHANGE_REMOVE:
+        if member_id != self_id and not active_since.get(member_id, 0.0):
+            return
+        if sum(active(v) for v in voters) - 1 < 1 + (len(voters) - 1) // 2:
+            raise MembershipError(500, "Internal Server Error")
+
+
+def validate_change(store: Store, data: bytes, now_ns: int) -> tuple[str, int, list[str], list[Member]]:
+    """etcd's ValidateConfigurationChange: read the members from the store (counted reads) and
+    raise ``MembershipError`` when the change of CONF entry ``data`` cannot apply to them. Returns
+    the decoded change and the members."""
     kind, member_id, peer_urls = decode_change(data)
     members, removed = read_members(store, now_ns)
     check_change(members, removed, kind, member_id, peer_urls)
+    return kind, member_id, peer_urls, members
+
+
+def apply_change(store: Store, data: bytes, now_ns: int) -> tuple[Member | None, list[Event]]:
+    """Apply a CONF entry to the store: the member it concerns (None for a removal) and the
+    store events it made. ``MembershipError`` when it no longer applies (nothing changed)."""
+    kind, member_id, peer_urls, members = validate_change(store, data, now_ns)
     key = member_key(member_id)
     if kind == CHANGE_ADD:
         event = store.create(key + "/raftAttributes", False, raft_attributes(peer_urls), False, 0, now_ns)

@@ -74,6 +74,7 @@ COMPACT_MARGIN = 5000
 MAX_PEER_FRAME = 512 * 1024 * 1024  # a snapshot travels in one frame
 _STOPPED = "etcdserver: server stopped"
 REMOVED_NOTICE = "removed"  # a peer message (not Raft): "you were removed from the cluster"
+HEALTH_INTERVAL_S = 5.0  # etcd's: a reconfiguration needs links to the voters up for this long
 
 
 class ProposalTimeout(Exception):
@@ -250,6 +251,7 @@ class Node:
         self.transport = TcpTransport(self.cluster_id, self.member_id, self.config.listen_peer_urls, {},
                                       max_frame_bytes=MAX_PEER_FRAME, queue_bytes_limit=2 * MAX_PEER_FRAME)
         self.transport.set_handler(self._on_message)
+        self.transport.set_info_handler(self.cluster_info)
         self._sync_peers()
         await self.transport.start()
 
@@ -520,8 +522,14 @@ class Node:
         return event
 
     def _apply_member_entry(self, change: bytes) -> Any:
-        """A peer URL update."""
-        return self._apply_change(change)
+        """A peer URL update, or an addition or removal that only validates (it was refused)."""
+        if membership.decode_change(change)[0] == membership.CHANGE_UPDATE:
+            return self._apply_change(change)
+        try:
+            membership.validate_change(self.store, change, 0)
+        except MembershipError as error:
+            return error
+        return MembershipError(500, "Internal Server Error")  # membership changes only by ConfChange
 
     def _apply_conf_change(self, cc: ConfChange) -> Any:
         if cc.type == ConfChangeAddNode:
@@ -685,6 +693,13 @@ class Node:
         """The current members, sorted by id."""
         return list(self._members)
 
+    def cluster_info(self) -> dict[str, Any]:
+        """What a process about to join is told (etcd's peer ``GET /members``): the cluster id, the
+        members ``[id, name, peer URLs, client URLs]`` and the removed member ids."""
+        return {"cluster_id": self.cluster_id,
+                "members": [[m.id, m.name, list(m.peer_urls), list(m.client_urls)] for m in self._members],
+                "removed": sorted(self._removed)}
+
     def leader_stats(self) -> dict[str, Any]:
         """``/v2/stats/leader`` on the leader: per-follower latency and counts from the transport."""
         followers: dict[str, Any] = {}
@@ -704,37 +719,52 @@ class Node:
     async def add_member(self, peer_urls: list[str]) -> Member:
         """Add a member (etcd's POST /v2/members): its id mixes the peer URLs, the cluster token
         and the current Unix time. One ConfChange carries the member's record."""
-        self._check_change(membership.CHANGE_ADD, 0, peer_urls)
         member_id = identity.member_id(list(peer_urls), self.config.token, self.clock() // 1_000_000_000)
+        await self._check_change(membership.CHANGE_ADD, member_id, peer_urls)
         record = membership.encode_change(membership.CHANGE_ADD, member_id, peer_urls)
         member: Member = await self._submit(("conf", ConfChangeAddNode, member_id),
                                             ConfChange(ConfChangeAddNode, member_id, record))
         return member
 
     async def remove_member(self, member_id: int) -> None:
-        self._check_change(membership.CHANGE_REMOVE, member_id, ())
+        await self._check_change(membership.CHANGE_REMOVE, member_id, ())
         cc = ConfChange(ConfChangeRemoveNode, member_id)
         await self._submit(("conf", cc.type, member_id), cc)
 
     async def update_member(self, member_id: int, peer_urls: list[str]) -> None:
-        self._check_change(membership.CHANGE_UPDATE, member_id, peer_urls)
+        """Change a member's peer URLs; every member validates the change when it applies it."""
+        self._check_live()
         await self._submit_member(membership.CHANGE_UPDATE, member_id, peer_urls)
 
-    def _check_change(self, kind: str, member_id: int, peer_urls: list[str] | tuple[str, ...]) -> None:
+    def _check_live(self) -> None:
         if self._stopping:
             raise V2Error(300, _STOPPED, 0)
-        try:
-            if kind != membership.CHANGE_ADD:
-                membership.check_change(self._members, self._removed, kind, member_id, peer_urls)
-            elif set(peer_urls) & {u for m in self._members for u in m.peer_urls}:
-                raise MembershipError(409, "membership: peerURL exists")
-        except MembershipError:
-            # etcd refuses it when validating the change against the members read from the store;
-            # make the same (counted) reads, although the answer is known without them.
-            membership.read_members(self.store, 0)
-            raise
+
+    async def _check_change(self, kind: str, member_id: int, peer_urls: list[str] | tuple[str, ...]) -> None:
+        """etcd's order: the strict reconfiguration check on this member (500), then the change
+        goes through the log and every member validates it against the members it reads from
+        its store. A change that cannot apply is sent through the log as a membership entry that
+        only validates (so every member makes etcd's counted reads) and its error raised here."""
+        self._check_live()
         if self.config.strict_reconfig:
             membership.check_strict_reconfig(self._members, kind, member_id)
+            self._check_active_quorum(kind, member_id)
+        try:
+            membership.check_change(self._members, self._removed, kind, member_id, peer_urls)
+        except MembershipError:
+            await self._submit_member(kind, member_id, peer_urls)
+            raise MembershipError(500, "Internal Server Error") from None  # valid after all: a race
+
+    def _check_active_quorum(self, kind: str, member_id: int) -> None:
+        """etcd's connectivity rule of the strict reconfiguration check: this member's links to
+        the voters must have been up for ``HEALTH_INTERVAL_S``, all of them for an addition, a
+        quorum of the remaining ones for the removal of a reachable member (500 otherwise)."""
+        voters = [m.id for m in self._members]
+        active_since: dict[int, float] = {}
+        if self.transport is not None:
+            active_since = {v: self.transport.active_since(v) for v in voters if v != self.member_id}
+        membership.check_active_quorum(voters, self.member_id, kind, member_id, active_since,
+                                       time.monotonic() - HEALTH_INTERVAL_S)
 
     def _submit_member(self, kind: str, member_id: int, peer_urls: list[str] | tuple[str, ...]
                        ) -> asyncio.Future[Any]:

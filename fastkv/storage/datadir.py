@@ -74,6 +74,11 @@ class DataDir:
         self._lock.close()
 
 
+def is_initialised(path: str | Path) -> bool:
+    """Whether ``path`` already holds a member's log (a restart: the initial-cluster flags are ignored)."""
+    return (Path(path) / "member" / "log").is_dir()
+
+
 def _looks_like_etcd(member: Path) -> bool:
     wal = member / "wal"
     return (member / "snap" / "db").exists() or (wal.is_dir() and any(wal.glob("*.wal")))

@@ -12,6 +12,13 @@ One frame on the wire::
     30      8     request id  correlates KIND_REQUEST with KIND_REPLY / KIND_ERROR, and pings; else 0
     38      ...   payload     exactly one msgpack object
 
+The cluster-info handshake is the one exchange with a process that is not yet a member: a member
+about to join a running cluster knows neither the cluster id nor any member id (etcd's joining
+member asks a peer for ``/members``). It opens a connection whose first and only frame is a
+KIND_INFO_REQUEST with cluster id, sender and recipient all 0 and an empty payload; the member
+answers with one KIND_INFO_REPLY (cluster id and recipient 0, sender itself) carrying the cluster
+id and the members, and accepts nothing more on that connection.
+
 The header is fixed-size so a reader checks who a frame is from and for before it buffers or
 unpacks the payload, and refuses an oversized frame from its length alone.
 
@@ -33,6 +40,8 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "HEADER_SIZE",
     "KIND_ERROR",
+    "KIND_INFO_REPLY",
+    "KIND_INFO_REQUEST",
     "KIND_MESSAGE",
     "KIND_NAMES",
     "KIND_PING",
@@ -56,8 +65,12 @@ KIND_REPLY = 3
 KIND_ERROR = 4  # payload: the text of the error the request handler raised
 KIND_PING = 5  # answered at once with KIND_PONG carrying the same request id; measures round trips
 KIND_PONG = 6
+KIND_INFO_REQUEST = 7  # the cluster-info handshake (see above): the only frame accepted from a non-member
+KIND_INFO_REPLY = 8
 KIND_NAMES = {KIND_MESSAGE: "message", KIND_REQUEST: "request", KIND_REPLY: "reply", KIND_ERROR: "error",
-              KIND_PING: "ping", KIND_PONG: "pong"}
+              KIND_PING: "ping", KIND_PONG: "pong", KIND_INFO_REQUEST: "cluster-info request",
+              KIND_INFO_REPLY: "cluster-info reply"}
+HANDSHAKE_KINDS = frozenset((KIND_INFO_REQUEST, KIND_INFO_REPLY))
 
 _HEADER = struct.Struct(">IBBQQQQ")
 HEADER_SIZE = _HEADER.size  # 38
@@ -119,14 +132,17 @@ class FrameEncoder:
         self._packer = msgpack.Packer(use_bin_type=True)
 
     def encode(self, kind: int, recipient: int, message: object, request_id: int = 0) -> bytes:
-        """The complete frame bytes for ``message`` of ``kind`` to ``recipient``."""
+        """The complete frame bytes for ``message`` of ``kind`` to ``recipient``. Handshake frames
+        carry cluster id 0 and recipient 0 (the asker belongs to no cluster yet)."""
         payload = self._packer.pack(message)
         length = _MIN_LENGTH + len(payload)
         if length + _LENGTH_SIZE > self.max_frame_bytes:
             raise FrameError(f"frame of {length + _LENGTH_SIZE} bytes exceeds the limit of "
                              f"{self.max_frame_bytes} bytes")
-        header = _HEADER.pack(length, PROTOCOL_VERSION, kind, self.cluster_id, self.sender, recipient,
-                              request_id)
+        cluster_id = self.cluster_id
+        if kind in HANDSHAKE_KINDS:
+            cluster_id = recipient = 0
+        header = _HEADER.pack(length, PROTOCOL_VERSION, kind, cluster_id, self.sender, recipient, request_id)
         return header + payload
 
 
@@ -138,10 +154,14 @@ class FrameDecoder:
     passes ``accept_sender`` and equals the sender of the first frame (a connection speaks for
     one member), its length is within ``max_frame_bytes`` and its payload is exactly one
     msgpack object. Anything else raises ``FrameError`` from iteration.
+
+    The one exception is the cluster-info handshake, when ``KIND_INFO_REQUEST`` is in ``kinds``:
+    a request with cluster id, sender and recipient 0 and an empty (nil) payload is accepted as
+    the first frame of a connection, and no frame at all after it.
     """
 
-    __slots__ = ("_buffer", "_error", "_offset", "accept_sender", "cluster_id", "kinds", "max_frame_bytes",
-                 "recipient", "sender")
+    __slots__ = ("_buffer", "_error", "_handshake", "_offset", "accept_sender", "cluster_id", "kinds",
+                 "max_frame_bytes", "recipient", "sender")
 
     def __init__(self, cluster_id: int, recipient: int, *, kinds: frozenset[int],
                  accept_sender: Callable[[int], bool],
@@ -155,6 +175,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._offset = 0  # start of the first unread frame in _buffer
         self._error: FrameError | None = None
+        self._handshake = False  # a cluster-info request was read: the connection carries no more
 
     @property
     def buffered(self) -> int:
@@ -194,21 +215,36 @@ class FrameDecoder:
         if available < HEADER_SIZE:
             raise StopIteration
         _, version, kind, cluster_id, sender, recipient, request_id = _HEADER.unpack_from(buffer, start)
-        self._check_header(version, kind, cluster_id, sender, recipient)
+        if self._handshake:
+            raise FrameError("a cluster-info connection carries no frame after its request")
+        if kind == KIND_INFO_REQUEST and self.sender is None and KIND_INFO_REQUEST in self.kinds:
+            self._check_info_request(version, cluster_id, sender, recipient)
+        else:
+            self._check_header(version, kind, cluster_id, sender, recipient)
         end = start + _LENGTH_SIZE + length
         if len(buffer) < end:
             raise StopIteration
         with memoryview(buffer) as view, view[start + HEADER_SIZE:end] as payload:
             message = unpack_payload(payload)
+        if kind == KIND_INFO_REQUEST and message is not None:
+            raise FrameError("a cluster-info request carries no payload")
         self._offset = end
         self.sender = sender
+        self._handshake = kind == KIND_INFO_REQUEST
         return Frame(kind, cluster_id, sender, recipient, request_id, message)
+
+    def _check_info_request(self, version: int, cluster_id: int, sender: int, recipient: int) -> None:
+        """A cluster-info request comes from a process that is no member yet: all its ids are 0."""
+        if version != PROTOCOL_VERSION:
+            raise FrameError(f"unsupported protocol version {version} (expected {PROTOCOL_VERSION})")
+        if cluster_id or sender or recipient:
+            raise FrameError("a cluster-info request must carry cluster id, sender and recipient 0")
 
     def _check_header(self, version: int, kind: int, cluster_id: int, sender: int, recipient: int) -> None:
         """Raise ``FrameError`` naming the first header field that is not acceptable."""
         if version != PROTOCOL_VERSION:
             raise FrameError(f"unsupported protocol version {version} (expected {PROTOCOL_VERSION})")
-        if kind not in self.kinds:
+        if kind not in self.kinds or kind == KIND_INFO_REQUEST:
             name = KIND_NAMES.get(kind, f"unknown kind {kind}")
             raise FrameError(f"frame kind {name} is not accepted on this connection")
         if cluster_id != self.cluster_id:

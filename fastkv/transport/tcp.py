@@ -15,6 +15,10 @@ Each outbound connection starts with a ping; the pong proves the peer accepts ou
 (which resets the backoff) and gives a round-trip sample. After that one ping rides along
 with a write whenever none is outstanding, so latency samples follow the traffic.
 
+A process that is not a member yet (one about to join the cluster) may open a connection for
+the cluster-info handshake only (``fastkv.transport.framing``): ``fetch_cluster_info`` asks,
+the handler set with ``set_info_handler`` answers.
+
 A connection that delivers a frame that breaks the rules of ``fastkv.transport.framing``
 (garbage, oversized, another cluster, an unknown member, the wrong recipient or version,
 truncated msgpack) is closed with its reason logged on ``fastkv.transport``; nothing else is
@@ -31,7 +35,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -45,6 +49,8 @@ from fastkv.transport import (
 from fastkv.transport.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     KIND_ERROR,
+    KIND_INFO_REPLY,
+    KIND_INFO_REQUEST,
     KIND_MESSAGE,
     KIND_PING,
     KIND_PONG,
@@ -57,9 +63,11 @@ from fastkv.transport.framing import (
 )
 from fastkv.transport.stats import PeerStats
 
-__all__ = ["Backoff", "TcpTransport", "parse_peer_url"]
+__all__ = ["Backoff", "TcpTransport", "fetch_cluster_info", "parse_peer_url"]
 
-INBOUND_KINDS = frozenset((KIND_MESSAGE, KIND_REQUEST, KIND_PING))
+INBOUND_KINDS = frozenset((KIND_MESSAGE, KIND_REQUEST, KIND_PING, KIND_INFO_REQUEST))
+InfoHandler = Callable[[], object]
+"""Returns the msgpack-serialisable cluster info sent to a process about to join."""
 OUTBOUND_KINDS = frozenset((KIND_REPLY, KIND_ERROR, KIND_PONG))
 
 
@@ -116,6 +124,7 @@ class _Peer:
         self.dialing: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.probe: tuple[int, float] | None = None  # (ping id, monotonic time sent) while outstanding
+        self.active_since = 0.0  # monotonic time the current link was proven by a pong; 0 = not active
         # Queue of encoded frames not yet written
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
@@ -236,6 +245,7 @@ class TcpTransport:
         self._encoder = FrameEncoder(cluster_id, member_id, max_frame_bytes)
         self._handler: MessageHandler | None = None
         self._request_handler: RequestHandler | None = None
+        self._info_handler: InfoHandler | None = None
         self._calls = PendingCalls()
         self._probe_ids = itertools.count(1)
         self._peers: dict[int, _Peer] = {}
@@ -244,7 +254,8 @@ class TcpTransport:
         self._running = False
         self._on_frame = {KIND_MESSAGE: self._on_message, KIND_REQUEST: self._on_request,
                           KIND_PING: self._on_ping, KIND_PONG: self._on_pong,
-                          KIND_REPLY: self._on_reply, KIND_ERROR: self._on_reply}
+                          KIND_REPLY: self._on_reply, KIND_ERROR: self._on_reply,
+                          KIND_INFO_REQUEST: self._on_info}
         for peer_id, urls in peers.items():
             self.add_peer(peer_id, urls)
 
@@ -269,6 +280,16 @@ class TcpTransport:
 
     def set_request_handler(self, handler: RequestHandler) -> None:
         self._request_handler = handler
+
+    def set_info_handler(self, handler: InfoHandler) -> None:
+        """Answer cluster-info requests (the handshake of a process about to join) with ``handler()``."""
+        self._info_handler = handler
+
+    def active_since(self, member_id: int) -> float:
+        """Since when (``time.monotonic()``) the link to ``member_id`` has been up without a break,
+        counted from the first pong on it; 0.0 while it is down or unknown."""
+        peer = self._peers.get(member_id)
+        return peer.active_since if peer is not None else 0.0
 
     def send(self, to: int, message: object) -> None:
         """Queue ``message`` for ``to``; see ``Transport.send``. A message to an unknown member is
@@ -437,6 +458,7 @@ class TcpTransport:
             connection.close(reason, routine=True)
         peer.drop_queue()
         peer.probe = None
+        peer.active_since = 0.0
         peer.flush_scheduled = False
         peer.state = _LinkState.IDLE
         self._calls.fail(peer.member_id, reason)
@@ -469,6 +491,7 @@ class TcpTransport:
             return  # hung up on purpose
         peer.connection = None
         peer.probe = None
+        peer.active_since = 0.0
         log.warning("lost connection to member %x at %s%s", peer.member_id, connection.address,
                     f": {exc}" if exc else "")
         self._calls.fail(peer.member_id, f"connection to member {peer.member_id:x} lost")
@@ -500,6 +523,20 @@ class TcpTransport:
             frame = self._encoder.encode(KIND_ERROR, to, f"reply cannot be sent: {exc}", request_id)
         self._write_back(connection, frame)
 
+    def _on_info(self, connection: _Connection, frame: Frame) -> None:
+        """The cluster-info handshake: answer once; the decoder accepts nothing more on it."""
+        if self._info_handler is None:
+            connection.close("cluster-info request, but this member cannot answer one")
+            return
+        try:
+            reply = self._encoder.encode(KIND_INFO_REPLY, 0, self._info_handler())
+        except Exception:
+            log.exception("answering a cluster-info request failed")
+            connection.close("cluster-info request could not be answered")
+            return
+        log.info("answered a cluster-info request from %s", connection.address)
+        self._write_back(connection, reply)
+
     def _on_ping(self, connection: _Connection, frame: Frame) -> None:
         self._write_back(connection, self._encoder.encode(KIND_PONG, frame.sender, None, frame.request_id))
 
@@ -518,6 +555,37 @@ class TcpTransport:
             peer.stats.latency.observe(time.monotonic() - peer.probe[1])
             peer.probe = None
             peer.backoff.reset()
+            if not peer.active_since and connection is peer.connection:
+                peer.active_since = time.monotonic()
 
     def _on_reply(self, connection: _Connection, frame: Frame) -> None:
         self._calls.resolve(frame.sender, frame.request_id, frame.message, frame.kind == KIND_ERROR)
+
+
+async def fetch_cluster_info(url: str, timeout: float,
+                             max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> tuple[int, object]:
+    """Ask the member listening at peer URL ``url`` for its cluster info (the handshake of a
+    process about to join): ``(the answering member's id, the info it sent)``.
+
+    Raises ``OSError`` (``ConnectionError`` when the connection closes without an answer),
+    ``TimeoutError`` after ``timeout`` seconds, ``FrameError`` for an answer that breaks the rules.
+    """
+    host, port = parse_peer_url(url)
+
+    async def ask() -> tuple[int, object]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(FrameEncoder(0, 0, max_frame_bytes).encode(KIND_INFO_REQUEST, 0, None))
+            decoder = FrameDecoder(0, 0, kinds=frozenset((KIND_INFO_REPLY,)), accept_sender=lambda _: True,
+                                   max_frame_bytes=max_frame_bytes)
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError(f"{url} closed the connection without answering")
+                decoder.feed(data)
+                for frame in decoder:
+                    return frame.sender, frame.message
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(ask(), timeout)

@@ -14,6 +14,12 @@ checks the value it hides:
 * cluster and member ids, client and peer URLs become placeholders; stats timing fields are
   checked for shape; ``/v2/stats/store`` counters count from the server's own baseline.
 * framing (Content-Length vs chunked) is not compared, header order and name case neither.
+* in a cluster (``ServerFacts.members``): the other members' ids and URLs become placeholders
+  named after the members; what depends on which member leads (the ``state`` and leader of
+  ``/v2/stats/self``, ``/v2/members/leader``, the followers' latencies and counts of
+  ``/v2/stats/leader``, the append counters) is checked for shape and hidden; lists ordered by
+  member id or URL (``/v2/members``, ``/v2/machines``) are checked to be in that order, then
+  compared as sets.
 
 Everything else (status, the set of headers and their values, body bytes) must match exactly.
 """
@@ -55,6 +61,16 @@ class ServerFacts:
     """Hex member/cluster id -> placeholder; ids of members added later are added here."""
     store_stats: dict[str, int] = field(default_factory=dict)
     """``/v2/stats/store`` counters right after start."""
+    members: dict[str, str] = field(default_factory=dict)
+    """In a cluster: the other members' client and peer URLs -> placeholders (their ids are in ``ids``)."""
+
+    @property
+    def cluster(self) -> bool:
+        return bool(self.members)
+
+    def member_placeholders(self) -> set[str]:
+        """The placeholders of every member id, this member's included."""
+        return {p for p in self.ids.values() if p.startswith("#member")}
 
     def placeholder_for_new_id(self, hex_id: str) -> None:
         """Remember a member id made at run time (ids mix in the time, so they differ)."""
@@ -123,7 +139,9 @@ def _error_code(body: str) -> int | None:
 
 
 def _replace_identities(text: str, facts: ServerFacts) -> str:
-    text = text.replace(facts.client_url, "#client-url").replace(facts.peer_url, "#peer-url")
+    for url, placeholder in ((facts.client_url, "#client-url"), (facts.peer_url, "#peer-url"),
+                             *facts.members.items()):
+        text = re.sub(re.escape(url) + r"(?!\d)", placeholder, text)
     for hex_id, placeholder in facts.ids.items():
         text = re.sub(rf"\b{hex_id}\b", placeholder, text)
     return text
@@ -185,6 +203,8 @@ def _stats(body: str, facts: ServerFacts, ctx: RequestContext, out: Normalized) 
         body = re.sub(r'"(startTime)":"([^"]*)"', time_field, body)
         body = re.sub(r'"uptime":"([^"]*)"', duration, body)
         body = RATE_FIELDS.sub("", body)
+        if facts.cluster:
+            body = _role_of_member(body, facts, out)
     elif ctx.path.startswith("/v2/stats/store"):
         def counter(m: re.Match[str]) -> str:
             base = facts.store_stats.get(m[1], 0) if m[1] != "watchers" else 0
@@ -192,6 +212,78 @@ def _stats(body: str, facts: ServerFacts, ctx: RequestContext, out: Normalized) 
 
         body = re.sub(r'"(\w+)":(\d+)', counter, body)
     return body
+
+
+MEMBER_LISTS = frozenset({"/v2/members", "/v2/members/", "/v2/machines"})
+STATES = frozenset({"StateFollower", "StateCandidate", "StateLeader", "StatePreCandidate"})
+
+
+def _role_of_member(body: str, facts: ServerFacts, out: Normalized) -> str:
+    """``/v2/stats/self`` in a cluster: which member leads, this member's state and how many appends
+    it sent or received depend on the election; check them and hide them."""
+    def state(m: re.Match[str]) -> str:
+        if m[1] not in STATES:
+            out.problems.append(f"state {m[1]!r} is not a Raft state")
+        return '"state":"#state"'
+
+    def leader(m: re.Match[str]) -> str:
+        if m[1] not in facts.member_placeholders():
+            out.problems.append(f"leader {m[1]!r} is not a member")
+        return '"leader":"#leader"'
+
+    body = re.sub(r'"state":"([^"]*)"', state, body)
+    body = re.sub(r'"leader":"([^"]*)"', leader, body)
+    return re.sub(r'"(recvAppendRequestCnt|sendAppendRequestCnt)":\d+', r'"\1":"#count"', body)
+
+
+def _leader_stats(body: str, facts: ServerFacts, out: Normalized) -> str:
+    """``/v2/stats/leader`` on a cluster's leader: the followers (as a set), each with a latency
+    and counts of the right shape."""
+    try:
+        value = json.loads(body)
+        followers = value["followers"]
+        for stats in followers.values():
+            assert set(stats) == {"latency", "counts"}
+            assert set(stats["latency"]) == {"current", "average", "standardDeviation", "minimum", "maximum"}
+            assert all(isinstance(v, int | float) for v in stats["latency"].values())
+            assert set(stats["counts"]) == {"fail", "success"}
+            assert all(isinstance(v, int) for v in stats["counts"].values())
+    except (ValueError, KeyError, TypeError, AssertionError, AttributeError):
+        out.problems.append("leader stats are not shaped as etcd's")
+        return body
+    others = facts.member_placeholders() - {value["leader"]}
+    # the leader's followers are the other members, whichever member leads
+    shown = "#the-other-members" if set(followers) == others else sorted(followers)
+    return go_json({"leader": value["leader"], "followers": shown})
+
+
+def _in_member_order(body: str, facts: ServerFacts, ctx: RequestContext, out: Normalized) -> str:
+    """Lists a cluster orders by member id (``/v2/members``) or by URL (``/v2/machines``): check
+    the order on the raw answer; the ids and URLs differ between servers, so compare as sets."""
+    if ctx.path == "/v2/machines":
+        urls = body.split(", ")
+        if urls != sorted(urls):
+            out.problems.append("machines are not sorted")
+        return ", ".join(sorted(_replace_identities(u, facts) for u in urls))
+    try:
+        ids = [int(m["id"], 16) for m in json.loads(body)["members"]]
+    except (ValueError, KeyError, TypeError):
+        return body
+    if ids != sorted(ids):
+        out.problems.append("members are not sorted by id")
+    return body
+
+
+def _leader_member(body: str, facts: ServerFacts, out: Normalized) -> str:
+    """``/v2/members/leader`` in a cluster: some member, which one depends on the election."""
+    try:
+        member = json.loads(body)
+        assert list(member) == ["id", "name", "peerURLs", "clientURLs"]
+    except (ValueError, AssertionError, TypeError):
+        return body
+    if member["id"] not in facts.member_placeholders():
+        out.problems.append(f"the leader {member['id']!r} is not a member")
+    return "#leader-member\n"
 
 
 def _sort_lists(value: Any) -> Any:
@@ -219,11 +311,18 @@ def _unordered(body: str, out: Normalized) -> str:
 def normalize_body(raw: bytes, facts: ServerFacts, ctx: RequestContext, now: float, out: Normalized) -> str:
     """The body with identities, indices, times and (if asked) list order normalised."""
     body = raw.decode("utf-8", "surrogateescape")
+    cluster_list = facts.cluster and ctx.method in ("GET", "HEAD") and ctx.path in MEMBER_LISTS
+    if cluster_list and body:
+        body = _in_member_order(body, facts, ctx, out)
     body = _replace_identities(body, facts)
+    if facts.cluster and ctx.path == "/v2/members/leader" and body:
+        body = _leader_member(body, facts, out)
+    if facts.cluster and ctx.path == "/v2/stats/leader" and body.startswith('{"leader"'):
+        body = _leader_stats(body, facts, out)
     body = _shift_indices(body, facts, ctx)
     body = _times(body, ctx, now, out)
     body = _stats(body, facts, ctx, out)
-    if ctx.unordered:
+    if ctx.unordered or (cluster_list and ctx.path != "/v2/machines" and body):
         body = _unordered(body, out)
     return body
 
