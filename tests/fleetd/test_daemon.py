@@ -194,7 +194,7 @@ class Cluster:
     def machine(self, machine_id: str) -> Fleetd:
         return next(m for m in self.machines if m.machine_id == machine_id)
 
-    def wait(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Poll ``check`` until it returns something truthy; fail with ``what`` and the logs otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
