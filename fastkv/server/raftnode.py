@@ -616,6 +616,8 @@ class Node:
             log.exception("snapshot at index %d failed", snap.index)
         finally:
             self._snapshot_task = None
+        if not self._stopping:
+            self._maybe_snapshot()  # one skipped while this was written, or the log stays long when idle
 
     # ------------------------------------------------------------------ timers
 

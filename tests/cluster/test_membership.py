@@ -26,6 +26,7 @@ from tests.cluster.conftest import (
 TOKEN = "fk-cluster"  # harness.fastkv_cluster's
 INTERNAL_ERROR = (500, {"message": "Internal Server Error"})
 RECONFIG_WAIT_S = 12  # etcd's strict check wants links to the voters up for 5 s
+APPLY_WAIT_S = 10  # for every member to apply a change the one that answered has applied
 
 
 def post_member(member: harness.Server, peer_url: str) -> tuple[int, object]:
@@ -49,6 +50,26 @@ def _json_request(url: str, method: str, payload: object) -> tuple[int, dict[str
             return resp.status, dict(resp.headers), json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), json.loads(err.read() or b"{}")
+
+
+def member_ids(member: harness.Server) -> set[str]:
+    """The ids ``member`` lists in ``GET /v2/members`` (what it has applied so far)."""
+    return {m["id"] for m in request(member.url + "/v2/members")[2]["members"]}
+
+
+def wait_until_listed(members: list[harness.Server], member_id: str) -> None:
+    """A change is acknowledged once the member that took it has applied it; the others apply it when
+    their log gets there. A joining member asks one of them for the cluster and must find itself in
+    the answer, so wait until every one of ``members`` lists ``member_id``."""
+    wait_for(lambda: all(member_id in member_ids(m) for m in members), APPLY_WAIT_S,
+             f"every member to list {member_id}")
+
+
+def log_since(member: harness.Server, offset: int) -> str:
+    """What ``member`` has logged after the first ``offset`` bytes of its log."""
+    with open(member.log_path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
 
 
 def initial_cluster_of(member: harness.Server, name: str, new_id: str) -> str:
@@ -112,6 +133,7 @@ def test_members_join_by_http_and_fastkvctl_and_one_leaves_under_write_load(tmp_
         added = wait_for(lambda: (r := post_member(m1, f"http://127.0.0.1:{p3}"))[0] == 201 and r[1],
                          RECONFIG_WAIT_S, "the addition to be accepted")
         assert added["name"] == "" and added["clientURLs"] == []
+        wait_until_listed(cluster.alive(), added["id"])
         initial = initial_cluster_of(m0, "m3", added["id"])
         wrong = joiner(tmp_path, "m3", initial.replace(f"m3=http://127.0.0.1:{p3}", f"m3=http://127.0.0.1:{c3}"),
                        c3, p3)
@@ -132,6 +154,7 @@ def test_members_join_by_http_and_fastkvctl_and_one_leaves_under_write_load(tmp_
         c4, p4 = harness.free_port(), harness.free_port()
         ctl = wait_for(lambda: (r := fastkvctl(new.url, "member", "add", "m4", f"http://127.0.0.1:{p4}"))
                        .returncode == 0 and r, RECONFIG_WAIT_S, "fastkvctl member add to succeed")
+        wait_until_listed(cluster.alive(), ctl.stdout.split(" with ID ", 1)[1].split()[0])
         settings = dict(line.split("=", 1) for line in ctl.stdout.splitlines() if line.startswith("ETCD_"))
         assert settings["ETCD_INITIAL_CLUSTER_STATE"] == '"existing"' and settings["ETCD_NAME"] == '"m4"'
         env = {k: json.loads(v) for k, v in settings.items()}
@@ -174,7 +197,13 @@ def test_a_join_without_a_reachable_member_is_refused(tmp_path: Path) -> None:
 def test_strict_reconfiguration_checks(cluster3: Cluster) -> None:
     m0, m1, m2 = cluster3.members
     ids = [request(m.url + "/v2/stats/self")[2]["id"] for m in cluster3.members]
+    logged = m0.log_path.stat().st_size
     m2.kill()
+    # Wait until m0 has seen its link to m2 go down and m0 and m1 agree on a leader among themselves:
+    # a change m0 forwarded to m2 as the leader would be lost (etcd loses it too) and time out.
+    wait_for(lambda: f"lost connection to member {ids[2]} " in log_since(m0, logged), APPLY_WAIT_S,
+             "m0 to lose its link to m2")
+    cluster3.leader(among=[m0, m1])
     # m0 has no link to m2: an addition or the removal of a live member would risk the quorum.
     assert post_member(m0, "http://127.0.0.1:1") == INTERNAL_ERROR
     assert delete_member(m0, ids[1]) == INTERNAL_ERROR
@@ -188,5 +217,4 @@ def test_strict_reconfiguration_checks(cluster3: Cluster) -> None:
     # Two started members of three: a fourth member would need three started ones.
     assert post_member(m0, "http://127.0.0.1:2") == INTERNAL_ERROR
     assert delete_member(m0, x["id"]) == (204, {})  # an unstarted member may go
-    members = request(m1.url + "/v2/members")[2]["members"]
-    assert sorted(m["id"] for m in members) == sorted(ids[:2])
+    wait_for(lambda: member_ids(m1) == set(ids[:2]), APPLY_WAIT_S, "m1 to list m0 and itself only")
