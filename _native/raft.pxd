@@ -215,6 +215,8 @@ cdef class Raft:
     cdef int become_candidate(self) except -1
     cdef int become_leader(self) except -1
     cdef int campaign(self, int vote_type, bytes ctx) except -1
+    cdef int hup(self, int vote_type, bytes ctx) except -1
+    cdef int hand_over(self) except -1
     cdef int poll(self, u64 id, bint granted) except? -2
     cdef int handle_append_entries(self, Message m) except -1
     cdef int handle_heartbeat(self, Message m) except -1

@@ -32,7 +32,8 @@ cdef u64 NO_LIMIT = 0xFFFFFFFFFFFFFFFF
 
 class ProposalDropped(Exception):
     """The proposal was not accepted: no leader known, a leadership transfer is in progress,
-    this member is not a voter, or another configuration change is still pending."""
+    this member is not a voter, another configuration change is still pending, or the change
+    would remove the last voter."""
 
 
 class CompactedError(Exception):
@@ -739,9 +740,14 @@ cdef int tick_heartbeat(Raft r) except -1:
     r.election_elapsed += 1
     if r.election_elapsed >= r.election_timeout:
         r.election_elapsed = 0
-        if r.check_quorum and not maybe_keep_leadership(r):
+        if r.id not in r.prs:
+            # Removed: it accepts nothing, so it needs no quorum; it leads on (the others may not
+            # know that the removal committed) and tries again, maybe with another successor.
+            r.hand_over()
+        elif r.check_quorum and not maybe_keep_leadership(r):
             return 0
-        r.lead_transferee = 0
+        else:
+            r.lead_transferee = 0
     if r.state != StateLeader:
         return 0
     if r.heartbeat_elapsed >= r.heartbeat_timeout:
@@ -783,6 +789,11 @@ cdef int step_leader(Raft r, Message m) except -1:
                 # Thesis §4.1: one change at a time; the next waits until this one is applied.
                 if r.pending_conf_index > r.log.applied:
                     raise ProposalDropped(f"configuration change pending at {r.pending_conf_index}")
+                # No change pending: ours applies to the configuration in force, which must keep a
+                # voter (with none, nobody could ever campaign again).
+                cc = ConfChange.decode(e.data)
+                if cc.type == ConfChangeRemoveNode and r.prs.keys() == {cc.node_id}:
+                    raise ProposalDropped(f"cannot remove the last voter {cc.node_id}")
         r.append_entries(m.entries)
         r.bcast_append()
         return 0
@@ -832,6 +843,8 @@ cdef int step_leader(Raft r, Message m) except -1:
             r.maybe_send_append(m.frm, True)
         if m.context:
             r.handle_read_ack(m.frm, m.context)
+        if r.id not in r.prs and m.frm == r.lead_transferee and pr.match == r.log.last_index():
+            r.send_timeout_now(m.frm)  # removed: repeat until the successor takes over
         return 0
     if m.type == MsgTransferLeader:
         return r.handle_transfer_leader(m)
@@ -894,9 +907,7 @@ cdef int step_follower(Raft r, Message m) except -1:
         return r.handle_snapshot(m)
     if m.type == MsgTimeoutNow:
         # Thesis §3.10: the leader asked us to take over; skip pre-vote and ignore leases.
-        if r.promotable():
-            r.campaign(MsgVote, CAMPAIGN_TRANSFER)
-        return 0
+        return r.hup(MsgVote, CAMPAIGN_TRANSFER)
     if m.type == MsgReadIndexResp:
         r.read_states.append(ReadState(m.index, m.context))
         return 0
@@ -1215,11 +1226,7 @@ cdef class Raft:
             return 0
 
         if m.type == MsgHup:
-            if self.state != StateLeader and self.promotable():
-                if self.log.committed > self.log.applied and self.has_pending_conf():
-                    return 0  # §6: do not campaign before applying a committed config change
-                self.campaign(MsgPreVote if self.pre_vote else MsgVote, b"")
-            return 0
+            return self.hup(MsgPreVote if self.pre_vote else MsgVote, b"")
         if m.type == MsgVote or m.type == MsgPreVote:
             # §5.2: one vote per term, first come first served; §5.4.1: only for an up-to-date log.
             can_vote = (self.vote == m.frm or (self.vote == NONE and self.lead == NONE)
@@ -1234,6 +1241,15 @@ cdef class Raft:
                 self.send(Message(resp_type, to=m.frm, term=self.term, reject=True))
             return 0
         return self._step(self, m)
+
+    cdef int hup(self, int vote_type, bytes ctx) except -1:
+        """Campaign, unless leading already or not a voter. §6: not before applying a committed
+        configuration change either, which may remove us (a transfer's campaign included)."""
+        if self.state == StateLeader or not self.promotable():
+            return 0
+        if self.log.committed > self.log.applied and self.has_pending_conf():
+            return 0
+        return self.campaign(vote_type, ctx)
 
     def has_pending_conf(self):
         cdef Entry e
@@ -1287,6 +1303,8 @@ cdef class Raft:
     # --- ReadIndex (thesis §6.4) -----------------------------------------------------------
 
     cdef int handle_read_index(self, Message m) except -1:
+        if self.id not in self.prs:
+            raise ProposalDropped("removed from the configuration: handing leadership over")
         if len(self.prs) == 1:
             return self.release_read(m.frm, self.log.committed, m.context)
         if self.log.term(self.log.committed) != self.term:
@@ -1308,7 +1326,9 @@ cdef class Raft:
         if req is None:
             return 0
         req[3].add(frm)
-        if len(req[3]) < self.quorum():
+        # Only voters of the configuration in force count: a voter removed since it answered no
+        # longer belongs to the majorities whose overlap proves we are still leader.
+        if len(req[3] & self.prs.keys()) < self.quorum():
             return 0
         cdef Py_ssize_t k = self.read_queue.index(req) + 1
         done, self.read_queue = self.read_queue[:k], self.read_queue[k:]
@@ -1362,9 +1382,14 @@ cdef class Raft:
             voters.discard(cc.node_id)
         self.apply_conf(tuple(sorted(voters)), index)
         if self.state != StateLeader:
+            if self.id not in self.prs and self.state != StateFollower:
+                self.become_follower(self.term, NONE)  # removed while campaigning: give up
             return self.voters()
         if self.id not in self.prs:
-            self.become_follower(self.term, NONE)  # removed: stop leading
+            # Removed: accept nothing more, but lead until a successor that holds our whole log
+            # takes over. Stepping down at once could leave the others unaware that the removal
+            # committed, still counting on our vote, which our longer log would refuse them.
+            self.hand_over()
             return self.voters()
         if cc.node_id == self.lead_transferee and cc.node_id not in self.prs:
             self.lead_transferee = NONE
@@ -1374,6 +1399,23 @@ cdef class Raft:
         elif cc.type == ConfChangeAddNode and cc.node_id != self.id:
             self.maybe_send_append(cc.node_id, True)
         return self.voters()
+
+    cdef int hand_over(self) except -1:
+        """A removed leader transfers leadership to the voter that holds most of its log."""
+        cdef Progress pr
+        cdef u64 best = NONE
+        cdef long long best_match = -1
+        for vid, pr in sorted(self.prs.items()):
+            if <long long>pr.match > best_match:
+                best, best_match = vid, pr.match
+        if best == NONE:
+            return 0
+        self.lead_transferee = best
+        if best_match == self.log.last_index():
+            self.send_timeout_now(best)
+        else:
+            self.maybe_send_append(best, True)
+        return 0
 
     def voters_at(self, u64 index):
         """The voters of the configuration applied at ``index`` (``index`` must be applied)."""

@@ -2,20 +2,31 @@
 
 Members run in one process on an in-memory network that loses, duplicates, delays and
 reorders messages, is partitioned and healed, and whose members crash (keeping only what a
-``Ready`` had them save) and restart. Everything is drawn from one ``random.Random(seed)``, so a
-seed names a schedule: ``python -m fastkv.raft.simulator --seed N [--trace]`` replays it.
+``Ready`` had them save) and restart. Voters are added and removed (the leader too), one pending
+change at a time, and leadership is handed to random members. Everything is drawn from one
+``random.Random(seed)``, so a seed names a schedule: ``python -m fastkv.raft.simulator --seed N
+[--trace]`` replays it.
 
 Checked after every step (``SafetyViolation`` otherwise):
 
-* election safety: at most one leader per term (§5.2);
+* election safety: at most one leader per term (§5.2), whatever the configurations;
+* configuration: every member's voters are those of the configuration in force at the index it
+  applied (the bootstrap voters changed by the configuration changes applied up to there);
+* commit quorum: when a leader's commit index advances, the entry there is held (in memory by
+  the leader, saved by the others) by a majority of the voters of its configuration in force;
 * log matching: two saved entries with the same index and term hold the same data and follow
   the same previous term, hence the logs agree up to there (§5.3);
 * leader completeness: a new leader holds every entry committed in an earlier term (§5.4);
 * state machine safety: no two members apply different entries at the same index (§5.4.3).
 
+A joining member starts with the bootstrap voters, as a restarted member without a snapshot
+does, so it replays every configuration change; a removed member keeps running (it may not
+know it was removed) but is no longer expected to keep up.
+
 Clients write, compare-and-swap and read (through ReadIndex) a few keys; the history of
-invocations and completions is checked for linearizability per key (``check_linearizable``).
-At the end the network heals, every member restarts, and the cluster must converge.
+invocations and completions is checked for linearizability per key
+(``fastkv.raft.linearizability``). At the end the network heals, every member restarts, and the
+voters of the final configuration must converge.
 """
 
 from __future__ import annotations
@@ -24,13 +35,16 @@ import argparse
 import random
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
 from fastkv.raft import (
+    ConfChange,
+    ConfChangeAddNode,
+    ConfChangeRemoveNode,
     Config,
     Entry,
+    EntryConfChange,
     EntryNormal,
     MemoryStorage,
     Message,
@@ -39,27 +53,15 @@ from fastkv.raft import (
     Ready,
     StateLeader,
 )
+from fastkv.raft.linearizability import CAS, PUT, READ, Op, check_linearizable
 
 KEYS = ("x", "y")
-PUT, CAS, READ = "put", "cas", "read"
+MAX_VOTERS = 5
+MAX_MEMBER_ID = 9  # members ever created, bootstrap ones included (ids are never reused)
 
 
 class SafetyViolation(AssertionError):
     """A safety property of Raft or linearizability was broken."""
-
-
-@dataclass
-class Op:
-    """One client operation; ``complete`` is None while pending or when its outcome is unknown."""
-
-    id: int
-    kind: str
-    key: str
-    arg: Any
-    invoke: int
-    node: int
-    complete: int | None = None
-    result: object = None
 
 
 @dataclass
@@ -111,73 +113,23 @@ def restore_data(member: SimMember, data: bytes) -> None:
     member.results = {k: v for k, v in results}
 
 
-# --- linearizability ----------------------------------------------------------------------------
-
-
-def _step_model(op: Op, value: object, pending: bool) -> list[object]:
-    """The register values ``op`` may leave when applied to ``value``; empty when impossible."""
-    if op.kind == PUT:
-        return [op.arg]
-    if op.kind == READ:
-        return [value] if op.result == value else []
-    expected, new = op.arg
-    if pending:
-        return [new if value == expected else value]
-    if op.result:
-        return [new] if value == expected else []
-    return [value] if value != expected else []
-
-
-def check_linearizable(ops: list[Op]) -> bool:
-    """Wing & Gong's search with memoization over (linearized set, value), for one register.
-
-    Completed operations must all be linearized between their invocation and completion;
-    operations whose outcome is unknown (``complete is None``) may take effect any time after
-    their invocation, or never. Reads that never completed are ignored."""
-    ops = sorted((op for op in ops if op.complete is not None or op.kind != READ), key=lambda o: o.invoke)
-    n = len(ops)
-    inf = float("inf")
-    completes = [op.complete if op.complete is not None else inf for op in ops]
-    required = 0
-    for i, op in enumerate(ops):
-        if op.complete is not None:
-            required |= 1 << i
-    seen: set[tuple[int, object]] = set()
-
-    def search(done: int, value: object) -> bool:
-        if done & required == required:
-            return True
-        if (done, value) in seen:
-            return False
-        seen.add((done, value))
-        horizon = min(completes[i] for i in range(n) if not done >> i & 1)
-        for i in range(n):
-            if done >> i & 1:
-                continue
-            op = ops[i]
-            if op.invoke > horizon:
-                break
-            for new in _step_model(op, value, op.complete is None):
-                if search(done | 1 << i, new):
-                    return True
-        return False
-
-    return search(0, None)
-
-
 # --- the simulation -----------------------------------------------------------------------------
 
 
 class Simulation:
-    """One seeded schedule of ``steps`` random actions on a cluster of 3 to 5 members."""
+    """One seeded schedule of ``steps`` random actions on a cluster of 3 to 5 members at first, 1 to
+    ``MAX_VOTERS`` voters later."""
 
     def __init__(self, seed: int, steps: int = 400, trace: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.steps = steps
         self.trace: list[str] | None = [] if trace else None
-        self.voters = tuple(range(1, self.rng.choice((3, 3, 4, 5)) + 1))
-        self.members = {i: SimMember(i, MemoryStorage()) for i in self.voters}
+        self.bootstrap = tuple(range(1, self.rng.choice((3, 3, 4, 5)) + 1))
+        self.members = {i: SimMember(i, MemoryStorage()) for i in self.bootstrap}
+        self.next_id = len(self.bootstrap) + 1
+        # (first applied at, voters) for every configuration, the bootstrap one at 0
+        self.configs: list[tuple[int, frozenset[int]]] = [(0, frozenset(self.bootstrap))]
         for member in self.members.values():
             self.start(member)
         self.network: list[Message] = []
@@ -195,6 +147,7 @@ class Simulation:
         self.saved: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> (data, prev term)
         self.applied: dict[int, tuple[int, bytes]] = {}          # index -> (term, data)
         self.commits: dict[int, tuple[int, int]] = {}            # leader term -> (index, entry term)
+        self.leader_commits: dict[int, int] = {}                 # leader term -> commit index checked
         self.step_no = 0
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -208,16 +161,37 @@ class Simulation:
 
     def start(self, member: SimMember) -> None:
         snap = member.storage.snapshot()
-        config = Config(member.id, self.voters, election_tick=4, heartbeat_tick=1,
+        config = Config(member.id, self.bootstrap, election_tick=4, heartbeat_tick=1,
                         max_size_per_msg=256, max_inflight=self.rng.choice((1, 4, 64)),
                         rng=random.Random(self.rng.random()), applied=snap.index)
         member.node = RawNode(config, member.storage)
         restore_data(member, snap.data)
         member.applied = snap.index
         member.waiting_reads = []
+        self.check_config(member)
 
     def live(self) -> list[SimMember]:
         return [m for m in self.members.values() if m.node is not None]
+
+    @property
+    def voters(self) -> frozenset[int]:
+        """The voters of the latest configuration any member applied."""
+        return self.configs[-1][1]
+
+    def config_at(self, index: int) -> frozenset[int]:
+        """The voters in force at ``index``: the bootstrap ones changed by every configuration
+        change applied at or before ``index``."""
+        voters = self.configs[0][1]
+        for at, config in self.configs:
+            if at > index:
+                break
+            voters = config
+        return voters
+
+    def leader(self) -> SimMember | None:
+        """The live member leading the highest term, if any."""
+        leaders = [m for m in self.live() if m.raw.state == StateLeader]
+        return max(leaders, key=lambda m: m.raw.term, default=None)
 
     # --- the Ready loop ------------------------------------------------------------------------
 
@@ -239,6 +213,7 @@ class Simulation:
             if op is not None:
                 member.waiting_reads.append((rs.index, op))
         node.advance(rd)
+        self.check_config(member)
         self.serve_reads(member)
 
     def save(self, member: SimMember, rd: Ready) -> None:
@@ -259,8 +234,12 @@ class Simulation:
         if e.index != member.applied + 1:
             self.fail(f"{member.id} applies {e.index} after {member.applied}")
         member.applied = e.index
-        known = self.applied.setdefault(e.index, (e.term, e.data))
-        if known != (e.term, e.data):
+        known = self.applied.get(e.index)
+        if known is None:
+            self.applied[e.index] = (e.term, e.data)
+            if e.type == EntryConfChange:
+                self.record_conf_change(e)
+        elif known != (e.term, e.data):
             self.fail(f"state machine safety: {member.id} applies {e.describe()}, another applied {known!r}")
         if e.type != EntryNormal or not e.data:
             return
@@ -268,6 +247,26 @@ class Simulation:
         op = self.pending_op(op_id)
         if op is not None and op.node == member.id:
             self.complete(op, result)
+
+    def record_conf_change(self, e: Entry) -> None:
+        """The first application of a configuration change anywhere; indices only grow here,
+        because a member applies an entry only after it (or a snapshot's author) applied the
+        previous one."""
+        cc = ConfChange.decode(e.data)
+        at, voters = self.configs[-1]
+        if e.index <= at:
+            self.fail(f"configuration change at {e.index} first applied after one at {at}")
+        voters = voters | {cc.node_id} if cc.type == ConfChangeAddNode else voters - {cc.node_id}
+        self.configs.append((e.index, voters))
+        self.log(f"configuration at {e.index}: {sorted(voters)}")
+
+    def check_config(self, member: SimMember) -> None:
+        """After ``advance``: the member's voters are those in force at its applied index."""
+        node = member.raw
+        expected = self.config_at(node.applied)
+        if set(node.raft.prs) != expected:
+            self.fail(f"configuration: {member.id} applied {node.applied} with voters "
+                      f"{sorted(node.raft.prs)}, in force there: {sorted(expected)}")
 
     def serve_reads(self, member: SimMember) -> None:
         keep = []
@@ -327,6 +326,51 @@ class Simulation:
                 self.log(f"op {op.id} times out: outcome unknown")
                 self.clients[client] = None
 
+    # --- membership and leadership ----------------------------------------------------------
+
+    def change_membership(self) -> None:
+        """Propose adding a new voter or removing one (the leader a third of the time) through a
+        random live member; a proposal that is refused at once changes nothing."""
+        voters = self.voters
+        member = self.rng.choice(self.live())
+        add = len(voters) < MAX_VOTERS and self.next_id <= MAX_MEMBER_ID and (
+            len(voters) == 1 or self.rng.random() < 0.5)
+        note = ""
+        if add:
+            cc = ConfChange(ConfChangeAddNode, self.next_id)
+        elif len(voters) > 1:
+            leader = self.leader()
+            if leader is not None and leader.id in voters and self.rng.random() < 0.3:
+                target, note = leader.id, " (the leader)"
+            else:
+                target = self.rng.choice(sorted(voters))
+            cc = ConfChange(ConfChangeRemoveNode, target)
+        else:
+            return
+        try:
+            member.raw.propose_conf_change(cc)
+        except ProposalDropped as e:
+            self.log(f"propose {cc.describe()} at {member.id}: dropped ({e})")
+            return
+        self.log(f"propose {cc.describe()}{note} at {member.id}")
+        if add:
+            # Started now, as an operator starts a member after adding it; it waits for the leader.
+            joiner = SimMember(self.next_id, MemoryStorage())
+            self.members[joiner.id] = joiner
+            self.next_id += 1
+            self.start(joiner)
+
+    def transfer_leadership(self) -> None:
+        """Ask (through a random live member) for leadership to go to a random member, which may
+        be down, removed, or not a voter at all."""
+        member = self.rng.choice(self.live())
+        to = self.rng.choice(sorted(self.members))
+        try:
+            member.raw.transfer_leader(to)
+        except ProposalDropped:
+            return
+        self.log(f"transfer leadership to {to} via {member.id}")
+
     # --- faults ------------------------------------------------------------------------------
 
     def deliver(self) -> None:
@@ -346,6 +390,14 @@ class Simulation:
             return
         self.log(f"deliver {m.describe()}")
         target.raw.step(m)
+
+    @staticmethod
+    def handing_over(member: SimMember) -> bool:
+        """A removed leader that has not handed leadership over yet. It is never crashed: if it
+        dies then, the voter left with it in a configuration of two may never learn that the
+        removal committed and needs its vote, which a longer log refuses (a hazard etcd shares)."""
+        node = member.raw
+        return node.state == StateLeader and node.id not in node.raft.prs
 
     def crash(self, member: SimMember) -> None:
         node = member.node
@@ -375,10 +427,9 @@ class Simulation:
     # --- checks ------------------------------------------------------------------------------
 
     def check(self) -> None:
-        for member in self.live():
+        for member in self.members.values():
             node = member.node
-            assert node is not None
-            if node.state != StateLeader:
+            if node is None or node.state != StateLeader:
                 continue
             term = node.term
             leader = self.leaders.setdefault(term, member.id)
@@ -387,9 +438,43 @@ class Simulation:
             if term not in self.commits:
                 self.check_leader_completeness(member, term)
                 self.commits[term] = (0, 0)
-            committed = node.committed
-            if self.commits[term][0] < committed:
-                self.commits[term] = (committed, node.log_term(committed))
+                self.leader_commits[term] = node.committed  # inherited: committed by earlier leaders
+            if node.committed > self.leader_commits.get(term, 0):
+                self.check_commit_quorum(member)
+                self.leader_commits[term] = node.committed
+            if node.committed > self.commits[term][0]:
+                durable = self.durable_commit(member)
+                if self.commits[term][0] < durable:
+                    self.commits[term] = (durable, node.log_term(durable))
+
+    def durable_commit(self, member: SimMember) -> int:
+        """The leader's commit index, capped at its saved log: a leader counts its own copy before
+        saving it, and a lone voter that crashes first never committed what it did not save."""
+        node = member.raw
+        storage = member.storage
+        index = min(node.committed, storage.last_index())
+        floor = self.commits[node.term][0]
+        while index > floor and not self.holds(storage, index, node.log_term(index)):
+            index -= 1
+        return max(index, floor)
+
+    def check_commit_quorum(self, member: SimMember) -> None:
+        """The leader's new commit index names an entry held by a majority of the voters in force
+        at the leader (its applied configuration): itself, and others that saved it."""
+        node = member.raw
+        index, term = node.committed, node.log_term(node.committed)
+        voters = self.config_at(node.applied)
+        holders = [v for v in voters if v == member.id or self.holds(self.members[v].storage, index, term)]
+        if len(holders) <= len(voters) // 2:
+            self.fail(f"commit quorum: {member.id} commits {term}/{index} held only by {sorted(holders)} "
+                      f"of voters {sorted(voters)}")
+
+    @staticmethod
+    def holds(storage: MemoryStorage, index: int, term: int) -> bool:
+        """Whether ``storage`` saved entry ``term/index`` (or a snapshot covering it)."""
+        if storage.snapshot().index >= index:
+            return True
+        return storage.first_index() <= index <= storage.last_index() and storage.term(index) == term
 
     def check_leader_completeness(self, member: SimMember, term: int) -> None:
         node = member.node
@@ -431,13 +516,18 @@ class Simulation:
             ready = [m for m in live if m.raw.has_ready()]
             if ready:
                 self.handle_ready(rng.choice(ready))
-        elif roll < 0.955:
+        elif roll < 0.935:
             client = rng.randrange(len(self.clients))
             if self.clients[client] is None:
                 self.invoke(client)
+        elif roll < 0.955:
+            if rng.random() < 0.5:
+                self.change_membership()
+            else:
+                self.transfer_leadership()
         elif roll < 0.96:
             if len(live) > 1 and rng.random() < self.faults:
-                self.crash(rng.choice(live))
+                self.crash(rng.choice([m for m in live if not self.handing_over(m)] or live))
         elif roll < 0.975:
             down = [m for m in self.members.values() if m.node is None]
             if down:
@@ -456,7 +546,8 @@ class Simulation:
         self.check()
 
     def settle(self, limit: int = 3000) -> None:
-        """Heal, restart everyone and run fault-free until all members applied the same index."""
+        """Heal, restart everyone and run fault-free until one leader leads every voter of its
+        configuration and they all applied its commit index, an entry of its term."""
         self.group = {}
         self.loss = self.duplication = 0.0
         for member in self.members.values():
@@ -464,23 +555,32 @@ class Simulation:
                 self.start(member)
         for _ in range(limit):
             self.step_no += 1
-            for member in self.members.values():
-                while member.raw.has_ready():
-                    self.handle_ready(member)
+            self.drain_readies()
             while self.network:
                 self.deliver()
-                for member in self.members.values():
-                    while member.raw.has_ready():
-                        self.handle_ready(member)
-            self.check()
-            nodes = [m.raw for m in self.members.values()]
-            leader = [n for n in nodes if n.state == StateLeader]
-            if leader and all(n.applied == leader[0].committed and n.lead == leader[0].id for n in nodes) \
-                    and leader[0].log_term(leader[0].committed) == leader[0].term:
+                self.check()  # after every action: a commit is checked against the configuration it used
+                self.drain_readies()
+            if self.converged():
                 return
-            for n in nodes:
-                n.tick()
+            for member in self.members.values():
+                member.raw.tick()
         self.fail("the cluster did not converge after healing")
+
+    def drain_readies(self) -> None:
+        for member in self.members.values():
+            while member.raw.has_ready():
+                self.handle_ready(member)
+                self.check()
+
+    def converged(self) -> bool:
+        leader = self.leader()
+        if leader is None:
+            return False
+        node = leader.raw
+        if node.id not in node.raft.prs or node.log_term(node.committed) != node.term:
+            return False  # a removed leader still hands over, or the term's first entry is not committed
+        return all(self.members[v].raw.applied == node.committed and self.members[v].raw.lead == node.id
+                   for v in node.raft.prs)
 
     def run(self) -> Simulation:
         for step_no in range(1, self.steps + 1):
@@ -510,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\n".join(sim.trace or []))
     done = sum(op.complete is not None for op in sim.ops)
-    print(f"seed {opts.seed}: ok, {len(sim.voters)} members, {len(sim.ops)} ops ({done} completed), "
+    print(f"seed {opts.seed}: ok, voters {list(sim.bootstrap)} -> {sorted(sim.voters)}, "
+          f"{len(sim.ops)} ops ({done} completed), "
           f"terms {sorted(sim.leaders)}, applied {max(sim.applied, default=0)}")
     return 0
 

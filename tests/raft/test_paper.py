@@ -12,11 +12,14 @@ from fastkv.raft import (
     ConfChangeRemoveNode,
     Config,
     Entry,
+    EntryConfChange,
     MemoryStorage,
     Message,
     MsgApp,
     MsgAppResp,
+    MsgHeartbeatResp,
     MsgPreVote,
+    MsgTimeoutNow,
     MsgVote,
     MsgVoteResp,
     ProposalDropped,
@@ -184,6 +187,49 @@ def test_6_one_configuration_change_at_a_time() -> None:
     leader.propose_conf_change(ConfChange(ConfChangeAddNode, 4))
 
 
+def test_6_the_last_voter_is_never_removed() -> None:
+    """With no voter left nobody could campaign again: the leader refuses such a change (the
+    random schedules of seeds 6950 and 9682 removed the second-to-last and then the last voter)."""
+    env = elected(2)
+    leader = node(env, 1)
+    leader.propose_conf_change(ConfChange(ConfChangeRemoveNode, 2))
+    env.run("stabilize")
+    assert leader.status().voters == (1,)
+    with pytest.raises(ProposalDropped, match="last voter"):
+        leader.propose_conf_change(ConfChange(ConfChangeRemoveNode, 1))
+    leader.propose_conf_change(ConfChange(ConfChangeAddNode, 3))
+
+
+def test_6_a_removed_leader_hands_over_to_a_voter_holding_its_log() -> None:
+    """§6: the leader may be removed. It accepts nothing more and leads until a successor that
+    holds its whole log takes over; stepping down at once left the last voter of two unaware
+    that the removal committed, needing the old leader's vote, which its longer log refused."""
+    env = elected(2)
+    leader = node(env, 1)
+    leader.propose_conf_change(ConfChange(ConfChangeRemoveNode, 1))
+    env.run("stabilize")
+    assert node(env, 2).state == StateLeader and node(env, 2).status().voters == (2,)
+    env.run("tick-heartbeat 1")  # its next heartbeat tells the old leader of the new term
+    env.run("stabilize")
+    assert leader.state == StateFollower and leader.term == node(env, 2).term
+    env.run("propose 2 after")
+    env.run("stabilize")
+    assert env.members[2].applied[-1:] == [b"after"]
+
+
+def test_6_a_removed_member_does_not_take_over_when_asked() -> None:
+    """Thesis §3.10 with §6: a transfer's campaign waits, like any campaign, until the committed
+    configuration changes are applied; they may have removed the transferee."""
+    n = lone(2, (1, 2, 3))
+    n.step(Message(MsgApp, to=2, frm=1, term=1, entries=[
+        Entry(1, 1), Entry(1, 2, EntryConfChange, ConfChange(ConfChangeRemoveNode, 2).encode())], commit=2))
+    assert n.committed == 2 and n.applied == 0  # committed, not applied yet: still a voter
+    n.step(Message(MsgTimeoutNow, to=2, frm=1, term=1))
+    assert n.state == StateFollower and n.term == 1
+    drain(n)
+    assert n.status().voters == (1, 3)
+
+
 def test_6_removed_member_stops_counting_toward_the_quorum() -> None:
     """§6: after the change commits, the new configuration's majority decides."""
     env = elected()
@@ -207,6 +253,40 @@ def test_6_4_read_index_waits_for_a_heartbeat_quorum() -> None:
     env.run("partition 1")
     env.run("read-index 1 cut-off")
     assert not any("ReadState" in line for line in env.run("stabilize"))
+
+
+def test_6_4_read_index_counts_only_acknowledgements_of_current_voters() -> None:
+    """Thesis §6.4 with §6: a voter removed while a read waits no longer vouches for the leader; a
+    member that missed the removal may still elect a new leader with the removed voter's help."""
+    n = lone(1, (1, 2, 3, 4, 5))
+    n.campaign()
+    drain(n)
+    for voter in (2, 3):
+        n.step(Message(MsgVoteResp, to=1, frm=voter, term=n.term))
+    assert n.state == StateLeader
+    drain(n)
+
+    def replicate(index: int) -> None:
+        for voter in (2, 3):
+            n.step(Message(MsgAppResp, to=1, frm=voter, term=n.term, index=index))
+        drain(n)
+
+    def ack(voter: int) -> list[bytes]:
+        n.step(Message(MsgHeartbeatResp, to=1, frm=voter, term=n.term, context=b"r"))
+        rd = n.ready()
+        n.advance(rd)
+        return [rs.context for rs in rd.read_states]
+
+    replicate(1)
+    n.read_index(b"r")
+    drain(n)
+    assert ack(5) == []
+    n.propose_conf_change(ConfChange(ConfChangeRemoveNode, 5))
+    drain(n)
+    replicate(2)
+    assert n.status().voters == (1, 2, 3, 4)
+    assert ack(2) == []  # 1 and 2 are not a majority of (1, 2, 3, 4)
+    assert ack(3) == [b"r"]
 
 
 def test_9_6_pre_vote_does_not_raise_terms() -> None:
