@@ -21,7 +21,8 @@ Additions (not in fleet):
 * ``api_listen``: comma list of API listeners: ``unix:/path`` (or just ``/path``) and ``host:port``
   (or ``tcp://host:port``, ``:port`` = every interface). Default ``unix:/var/run/fleet.sock``.
 * ``runtime``: what runs the units: ``systemd``, ``supervisor`` (built in) or ``docker``; the default
-  ``auto`` is ``systemd`` on a host booted with systemd, else ``supervisor``.
+  ``auto`` is ``systemd`` when the system bus offers ``org.freedesktop.systemd1`` (or, if the bus
+  cannot be asked, on a host booted with systemd: ``/run/systemd/system`` exists), else ``supervisor``.
 * ``reschedule_grace_period``: seconds a machine may be gone before its units are moved elsewhere
   (0 = fleet: at once). A Go duration or a number of seconds.
 * ``keep_units_on_exit``: a boolean; when true, ``SIGTERM``/``SIGINT`` leave the units running (like
@@ -277,9 +278,34 @@ def _validate(config: FleetConfig) -> None:
         raise ConfigError("etcd_servers is empty")
 
 
-def systemd_booted() -> bool:
-    """True when the host runs systemd as its init (``sd_booted``)."""
-    return os.path.isdir("/run/systemd/system")
+#: The bus name systemd's manager owns on the system bus.
+SYSTEMD_BUS_NAME = "org.freedesktop.systemd1"
+#: Seconds to wait for the system bus's answer when picking the runtime.
+BUS_TIMEOUT = 2.0
+
+
+def systemd_on_bus(bus: str = "SYSTEM", timeout: float = BUS_TIMEOUT) -> bool | None:
+    """Whether ``org.freedesktop.systemd1`` has an owner on ``bus`` (a bus address or ``SYSTEM``);
+    None when the bus cannot be asked (no bus socket, no D-Bus library, no answer in ``timeout``)."""
+    try:
+        from jeepney.bus_messages import message_bus  # type: ignore[import-untyped]
+        from jeepney.io.blocking import open_dbus_connection  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    try:
+        with open_dbus_connection(bus=bus) as conn:
+            reply = conn.send_and_get_reply(message_bus.NameHasOwner(SYSTEMD_BUS_NAME), timeout=timeout)
+    except Exception:  # whatever stops the question (OSError, timeout, protocol): no answer
+        return None
+    return bool(reply.body[0]) if reply.body else None
+
+
+def systemd_booted(ask_bus: Callable[[], bool | None] = systemd_on_bus,
+                   run_dir: str = "/run/systemd/system") -> bool:
+    """True when systemd manages this host: its manager is on the system bus (``ask_bus``), or, when
+    the bus cannot be asked, ``run_dir`` exists (``sd_booted``)."""
+    answer = ask_bus()
+    return os.path.isdir(run_dir) if answer is None else answer
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> FleetConfig:

@@ -207,7 +207,8 @@ class Daemon:
         self.agent = Agent(self.registry, self.runtime, self.machine, ttl=config.agent_ttl,
                            watches=not config.disable_watches)
         self.engine = Engine(self.registry, self.machine_id, interval=config.engine_reconcile_interval,
-                             config=config.engine_config(), watches=not config.disable_watches)
+                             config=config.engine_config(), watches=not config.disable_watches,
+                             machine_ttl=config.agent_ttl)
         self._engine_task: asyncio.Task[None] | None = None
         self._presence_task: asyncio.Task[None] | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -331,6 +332,7 @@ class Daemon:
         self.presence.ttl = self.agent.ttl = config.agent_ttl
         self.engine.set_interval(config.engine_reconcile_interval)
         self.engine.config = config.engine_config()
+        self.engine.machine_ttl = config.agent_ttl
         if self._presence_task is not None:
             self._set_engine(not config.disable_engine)
             self._spawn(self._beat_now())

@@ -134,6 +134,7 @@ class Node:
         self.snapshot_index = 0
         self.removed = False
         self.on_removed: Callable[[], None] | None = None  # called once this member is removed
+        self._leaving: asyncio.Task[None] | None = None
         self.store = Store()
         self.hub = WatchHub(self.store.history)
         self.storage = RaftStorage(log_store, snapshots)
@@ -559,7 +560,18 @@ class Node:
         log.warning("%x was removed from the cluster", self.member_id)
         if self.on_removed is not None:
             with contextlib.suppress(RuntimeError):  # replaying at startup: nothing to stop yet
-                asyncio.get_running_loop().call_later(0.2, self.on_removed)  # let the answers go
+                self._leaving = asyncio.get_running_loop().create_task(self._stop_after_handover())
+
+    async def _stop_after_handover(self) -> None:
+        """Stop once the answers went out and, when this member led, once the core has handed
+        leadership to a remaining voter (or three election timeouts passed): a removed leader
+        that stopped at once could leave a two-voter cluster unable to elect anyone."""
+        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 3 * self.config.election_ms / 1000
+        while self.leader_id == self.member_id and time.monotonic() < deadline:
+            await asyncio.sleep(self.config.heartbeat_ms / 1000)
+        if self.on_removed is not None:
+            self.on_removed()
 
     def _apply_change(self, data: bytes) -> Member | MembershipError | None:
         try:

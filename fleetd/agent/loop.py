@@ -10,7 +10,9 @@ Three pieces, each a thin adapter around pure code:
   key's ``createdIndex``, and only a key with exactly that index is taken over (a duplicate machine ID
   on another machine is not).
 * ``JobView`` is the agent's copy of ``job/``: one GET of the directory, then kept current from the
-  values carried by the watch events; a resync (etcd's history outrun) or a broken watch reads it again.
+  values carried by the watch events; a resync (etcd's history outrun) or a broken watch reads it again,
+  and so does every periodic (not event-driven) reconcile, so the view converges to the registry even if
+  an event was missed. The view carries the etcd index it reflects and never moves backwards.
   An event costs no GET, so registry load grows with the number of changes, not with machines times
   changes. Unit blobs are fetched only for units that can concern this machine (scheduled here, or
   wanting to run without a target: global units and units waiting for the engine) and cached by hash.
@@ -47,6 +49,7 @@ from pathlib import Path
 
 from fleetd.agent import plan as agent_plan
 from fleetd.agent.plan import AgentTask, AgentTaskKind, LoadedUnit
+from fleetd.backoff import Backoff
 from fleetd.etcd import EtcdCompareFailed, EtcdException, EtcdKeyNotFound, EtcdNodeExists
 from fleetd.files import write_atomically
 from fleetd.job import JobState, Unit, UnitState
@@ -152,15 +155,16 @@ class MachinePresence:
             log.warning("Machine(%s) had expired from the registry; registered again", self.machine.id)
 
     async def run(self) -> None:
-        """Beat every ``ttl / 2`` until cancelled; failures are logged once per outage."""
+        """Beat every ``ttl / 2`` until cancelled; after a failure retry every ``ttl / 10`` (a registry
+        failover must not cost half the TTL); failures are logged once per outage."""
         while True:
-            await asyncio.sleep(self.ttl / 2)
+            await asyncio.sleep(self.ttl / 2 if self._healthy else max(self.ttl / 10, 0.1))
             try:
                 await self.beat()
-            except EtcdException as err:
+            except Exception as err:  # anything: the heartbeat must outlive a bug as well as an outage
                 if self._healthy:
                     log.warning("Heartbeat of Machine(%s) failed: %s (units keep running)",
-                                self.machine.id, err)
+                                self.machine.id, err, exc_info=not isinstance(err, EtcdException))
                 self._healthy = False
             else:
                 if not self._healthy:
@@ -194,23 +198,39 @@ class MachinePresence:
 
 @dataclass
 class JobView:
-    """``job/<name>`` records as last seen, kept current by ``apply``. ``loaded`` once read at all."""
+    """``job/<name>`` records as last seen, kept current by ``apply``. ``loaded`` once read at all.
+
+    ``index`` is the etcd index the view reflects: the index of the read it was built from, or of the
+    last event folded in since. Reads and events may arrive out of order (the periodic re-read races the
+    watch), so a read older than the view and an event the view already reflects are ignored: the view
+    only ever moves forward in the registry's history.
+    """
 
     machine_id: str
     jobs: dict[str, JobRecord] = field(default_factory=dict)
     loaded: bool = False
+    index: int = 0
 
-    def reset(self, jobs: Iterable[JobRecord]) -> None:
-        """Replace everything with a fresh read."""
-        self.jobs = {job.name: job for job in jobs}
-        self.loaded = True
+    def reset(self, jobs: Iterable[JobRecord], index: int) -> bool:
+        """Replace everything with a read taken at ``index``, unless the view is already newer. True
+        when the read replaced a view that differed from it (a change the watch had not delivered)."""
+        if self.loaded and index < self.index:
+            return False
+        fresh = {job.name: job for job in jobs}
+        differed = self.loaded and fresh != self.jobs
+        self.jobs, self.index, self.loaded = fresh, index, True
+        return differed
 
     def apply(self, event: JobEvent, is_global: Callable[[str], bool | None]) -> bool:
         """Fold one watch event in; True when it may concern this machine.
 
         ``is_global(name)`` says whether a unit is global (None: not known yet). A change concerns this
-        machine when the unit is or was scheduled here, or may be global.
+        machine when the unit is or was scheduled here, or may be global. An event at or below ``index``
+        is already reflected (by a later read) and is ignored.
         """
+        if event.index <= self.index:
+            return False
+        self.index = event.index
         before = self.jobs.get(event.name)
         after = _changed_record(before, event)
         if after is before:
@@ -283,6 +303,7 @@ class Agent:
         self._refused: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()  # the publish loop and a reconcile's publish never interleave
         self._tasks: list[asyncio.Task[None]] = []
         self._metadata_read_at = -math.inf
         self._ready = False
@@ -341,6 +362,7 @@ class Agent:
     # -- loops -----------------------------------------------------------------------------------------
 
     async def _watch_loop(self) -> None:
+        backoff = Backoff()
         while True:
             try:
                 index = await self.refresh_view()
@@ -351,38 +373,59 @@ class Agent:
                         break
                     if self.view.apply(event, self._known_global):
                         self._wake.set()
+                    backoff.reset()
             except EtcdException as err:
                 log.warning("Watching the registry failed: %s", err)
                 await asyncio.sleep(STATE_POLL_INTERVAL)
+            except Exception:
+                await asyncio.sleep(backoff.unexpected(log, "Watching the registry"))
 
     async def _reconcile_loop(self) -> None:
+        backoff = Backoff()
         while True:
+            woken = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL)
+                woken = await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL)
             self._wake.clear()
             try:
-                if not self.watches or not self.view.loaded:
-                    await self.refresh_view()
-                if self.clock() - self._metadata_read_at >= RECONCILE_INTERVAL:
-                    await self.refresh_metadata()
-                await self.reconcile()
+                await self.reconcile_round(periodic=not woken)
+                backoff.reset()
             except EtcdException as err:
                 log.warning("Agent reconcile could not read the registry: %s (units keep running)", err)
+            except Exception:
+                await asyncio.sleep(backoff.unexpected(log, "Agent reconcile"))
+
+    async def reconcile_round(self, *, periodic: bool) -> agent_plan.AgentPlan | None:
+        """One round of the reconcile loop. A ``periodic`` round (no event woke it) reads ``job/`` again
+        first, so the view converges to the registry even if a watch event was missed; an event-driven
+        round plans from the view the watch keeps current."""
+        if periodic or not self.watches or not self.view.loaded:
+            await self.refresh_view()
+        if self.clock() - self._metadata_read_at >= RECONCILE_INTERVAL:
+            await self.refresh_metadata()
+        return await self.reconcile()
 
     async def _publish_loop(self) -> None:
+        backoff = Backoff()
         while True:
             try:
                 await self.publish()
+                backoff.reset()
             except EtcdException as err:
                 log.debug("Publishing unit states failed: %s", err)
+            except Exception:
+                await asyncio.sleep(backoff.unexpected(log, "Publishing unit states"))
             await asyncio.sleep(STATE_POLL_INTERVAL)
 
     # -- reading ----------------------------------------------------------------------------------------
 
     async def refresh_view(self) -> int:
-        """Read ``job/`` again; returns the etcd index it was read at."""
+        """Read ``job/`` again; returns the etcd index it was read at. A read older than the view (it
+        raced the watch) leaves the view as it is."""
         jobs, index = await self.registry.jobs()
-        self.view.reset(jobs)
+        if self.view.reset(jobs, index):
+            log.warning("The registry's job/ differed from the watched view (a missed change); "
+                        "using what was read")
         return index
 
     async def refresh_metadata(self) -> None:
@@ -447,9 +490,10 @@ class Agent:
                 continue
             try:
                 await self._perform(task)
-            except (UnitRuntimeError, OSError) as err:
+            except Exception as err:  # a runtime's bug must not stop the other units' tasks either
                 log.error("AgentReconciler task failed: type=%s job=%s reason=%s: %s",
-                          task.kind.type_name, task.unit_name, go_quote(task.reason), err)
+                          task.kind.type_name, task.unit_name, go_quote(task.reason), err,
+                          exc_info=not isinstance(err, UnitRuntimeError | OSError))
                 failed.add(task.unit_name)
                 continue
             self.current = agent_plan.apply_task(self.current, task)
@@ -488,13 +532,21 @@ class Agent:
 
     async def publish(self) -> None:
         """Publish changed (or soon expiring) unit states, withdraw those of unloaded units, heartbeat
-        launched units. Raises ``EtcdException``; what was not written is retried next time."""
+        launched units. Raises ``EtcdException``; what was not written is retried next time.
+        Calls are serialized (the publish loop and a reconcile both publish)."""
+        async with self._publish_lock:
+            await self._publish()
+
+    async def _publish(self) -> None:
         now, period = self.clock(), republish_period(self.ttl)
         names = sorted(self.current)
         states = await self.runtime.states(names) if names else {}
         for name in names:
+            loaded = self.current.get(name)  # a reconcile may unload units while this one awaits
+            if loaded is None:
+                continue
             runtime_state = states[name]
-            state = UnitState(name, self.machine_id, self.current[name].unit_hash, runtime_state.load_state,
+            state = UnitState(name, self.machine_id, loaded.unit_hash, runtime_state.load_state,
                               runtime_state.active_state, runtime_state.sub_state)
             previous = self._published.get(name)
             if previous is None or not state.same_systemd_state(previous[0]) or now - previous[1] >= period:
@@ -504,7 +556,8 @@ class Agent:
             await self.registry.remove_unit_state(name, self.machine_id)
             del self._published[name]
         for name in names:
-            launched = self.current[name].state is JobState.LAUNCHED
+            loaded = self.current.get(name)
+            launched = loaded is not None and loaded.state is JobState.LAUNCHED
             if launched and now - self._beats.get(name, -math.inf) >= period:
                 await self.registry.job_heartbeat(name, self.machine_id, self.ttl)
                 self._beats[name] = now

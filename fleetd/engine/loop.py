@@ -19,20 +19,27 @@ Additions to fleet:
   (``Registry.collect_garbage``: a blob must be unreferenced on two consecutive passes).
 * A failed schedule/unschedule (someone changed the unit meanwhile) abandons the round's remaining
   tasks, which were computed from a view now known to be stale, and reconciles again at once.
+* After rounds failed because the registry could not be reached, the machines known before count as
+  seen at the first round that reads the registry again, and for ``machine_ttl`` seconds from then the
+  engine keeps units on machines whose keys are missing (at least that grace): keys that expired while
+  nobody could reach the registry say nothing about the machines, which re-register within their TTL.
+  So a registry outage or failover longer than ``agent_ttl`` does not move (restart) every unit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+from fleetd.backoff import Backoff
 from fleetd.config import LEASE_TTL_FACTOR
 from fleetd.engine import plan as engine_plan
 from fleetd.engine.plan import EngineConfig, EnginePlan, EngineTask, EngineTaskKind, update_last_seen
-from fleetd.etcd import EtcdException, EtcdResult
+from fleetd.etcd import EtcdException, EtcdResult, EtcdUnavailable
 from fleetd.registry.registry import EngineLeadership, Registry
 
 log = logging.getLogger("fleetd.engine")
@@ -56,7 +63,7 @@ class Engine:
 
     def __init__(self, registry: Registry, machine_id: str, *, interval: float,
                  config: EngineConfig | None = None, watches: bool = True, gc_interval: float = GC_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 machine_ttl: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.machine_id = machine_id
         self.config = config or EngineConfig()
@@ -69,8 +76,12 @@ class Engine:
         self._wake = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._published: dict[str, str] | None = None
+        self._backoff = Backoff()
         self._last_seen: dict[str, float] = {}
         self._last_gc = clock()
+        self.machine_ttl = machine_ttl
+        self._registry_lost = False
+        self._recovered_at: float | None = None
 
     def set_interval(self, interval: float) -> None:
         """Change the reconcile interval (and with it the lease TTL) from the next round on."""
@@ -87,6 +98,12 @@ class Engine:
                     await self.round()
                 except EtcdException as err:
                     log.warning("Engine round failed: %s", err)
+                    self._registry_lost = self._registry_lost or isinstance(err, EtcdUnavailable)
+                except Exception:
+                    await asyncio.sleep(self._backoff.unexpected(log, "Engine round"))
+                else:
+                    self._backoff.reset()
+                    self._registry_lost = False  # a leader's reconcile has taken note of it
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval)
                 self._wake.clear()
@@ -131,17 +148,21 @@ class Engine:
         read = await self.registry.read()
         snapshot = read.snapshot
         now = self.clock()
-        forget_after = max(self.config.grace * 2, 60.0)
+        config = self._round_config(now, snapshot.schedule.values())
+        forget_after = max(config.grace * 2, 60.0)
         present = (m.id for m in snapshot.machines)
         self._last_seen = update_last_seen(self._last_seen, present, now, forget_after)
         plan = engine_plan.plan(snapshot.units, snapshot.schedule, snapshot.machines, now=now,
-                                machines_last_seen=self._last_seen, config=self.config)
+                                machines_last_seen=self._last_seen, config=config)
+        performed = True
         for task in plan.tasks:
-            if not await self._perform(task):
+            performed = await self._perform(task)
+            if not performed:
                 self._wake.set()
                 break
-        reasons = {u.unit_name: u.reason for u in (*plan.unplaced, *plan.held)}
-        await self._publish_reasons(reasons)
+        if performed:  # else the plan's reasons are stale too: the next round (at once) publishes
+            self._published = dict(read.unplaced)
+            await self._publish_reasons({u.unit_name: u.reason for u in (*plan.unplaced, *plan.held)})
         if self.watches and self._watch_task is None:
             self._watch_task = asyncio.create_task(self._watch(read.index + 1))
         if now - self._last_gc >= self.gc_interval:
@@ -149,6 +170,21 @@ class Engine:
             for unit_hash in await self.registry.collect_garbage():
                 log.info("Deleted unused unit file %s", unit_hash)
         return plan
+
+    def _round_config(self, now: float, targets: Iterable[str]) -> EngineConfig:
+        """The configuration of a round read at ``now``: the configured one, with at least
+        ``machine_ttl`` of grace during the first ``machine_ttl`` seconds after a registry outage; the
+        machines known before and those units are scheduled to count as seen when it ended."""
+        if self._registry_lost:
+            self._registry_lost = False
+            self._recovered_at = now
+            self._last_seen = dict.fromkeys({*self._last_seen, *targets}, now)
+            log.info("Registry reachable again: machines get %.0fs to re-register before their units move",
+                     self.machine_ttl)
+        if self._recovered_at is None or now - self._recovered_at >= self.machine_ttl:
+            self._recovered_at = None
+            return self.config
+        return dataclasses.replace(self.config, grace=max(self.config.grace, self.machine_ttl))
 
     async def _perform(self, task: EngineTask) -> bool:
         """Write one task; False (logged) when its precondition no longer holds."""
@@ -163,7 +199,8 @@ class Engine:
         return done
 
     async def _publish_reasons(self, reasons: Mapping[str, str]) -> None:
-        """Make ``engine/unplaced/`` equal ``reasons``, writing only the differences."""
+        """Make ``engine/unplaced/`` equal ``reasons``, writing only the differences (from what the
+        round's read found published, so reasons written or removed by anyone else converge too)."""
         if self._published is None:
             self._published = await self.registry.unplaced_reasons()
         for name, reason in sorted(reasons.items()):
@@ -182,6 +219,7 @@ class Engine:
         await asyncio.gather(self._watch_jobs(index), self._watch_machines(index))
 
     async def _watch_jobs(self, index: int) -> None:
+        backoff = Backoff()
         while True:
             try:
                 async for _ in self.registry.watch_jobs(index):
@@ -190,9 +228,13 @@ class Engine:
                 log.debug("Engine job watch failed: %s", err)
                 await asyncio.sleep(1.0)
                 index = 0
+            except Exception:
+                await asyncio.sleep(backoff.unexpected(log, "Engine job watch"))
+                index = 0
 
     async def _watch_machines(self, index: int) -> None:
         machines = self.registry.layout.machines_dir()
+        backoff = Backoff()
         while True:
             try:
                 async for event in self.registry.client.watch_forever(machines, recursive=True,
@@ -202,6 +244,9 @@ class Engine:
             except EtcdException as err:
                 log.debug("Engine machine watch failed: %s", err)
                 await asyncio.sleep(1.0)
+                index = 0
+            except Exception:
+                await asyncio.sleep(backoff.unexpected(log, "Engine machine watch"))
                 index = 0
 
     async def _stop_watching(self) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleetd.etcd import (
@@ -69,11 +69,13 @@ class HeldLease:
 
 @dataclass(frozen=True, slots=True)
 class ClusterRead:
-    """One consistent read of the registry and the etcd index it was taken at (watch from index+1)."""
+    """One consistent read of the registry and the etcd index it was taken at (watch from index+1);
+    ``unplaced`` is what ``engine/unplaced/`` held (unit name -> reason)."""
 
     snapshot: RegistrySnapshot
     index: int
     jobs: tuple[JobRecord, ...]
+    unplaced: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +281,8 @@ class Registry:
         blobs = read_unit_blobs(parts.get("unit"), self._blobs)
         snapshot = build_snapshot(jobs, blobs, read_machines(parts.get("machines")),
                                   read_unit_states(parts.get("states")))
-        return ClusterRead(snapshot, index, tuple(jobs))
+        unplaced = leaf_values(dict(children(parts.get("engine"))).get("unplaced"))
+        return ClusterRead(snapshot, index, tuple(jobs), unplaced)
 
     async def jobs(self) -> tuple[list[JobRecord], int]:
         """Every ``job/<name>`` record (no unit blobs, no states) in one quorum GET, and the etcd index

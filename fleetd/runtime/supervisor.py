@@ -123,18 +123,52 @@ def proc_info(pid: int) -> ProcInfo | None:
     return ProcInfo(pid, fields[0], int(fields[3]), int(fields[19]))
 
 
-def session_members(sessions: Iterable[int]) -> list[int]:
-    """PIDs of the live (non-zombie) processes in any of ``sessions``."""
-    wanted = set(sessions)
+def session_members(sessions: Mapping[int, int] | Iterable[int]) -> list[int]:
+    """PIDs of the live (non-zombie) processes in any of ``sessions``, never a process of another session
+    that happens to have the same ID.
+
+    A session given as a mapping (session ID -> start time of its leader, in ``/proc/<pid>/stat``
+    clock ticks; 0 = unknown) counts only while it can still be the one started: IDs 0 and 1 never
+    (the kernel's and init's); not when a live process with the session's ID was started at another
+    time (the ID was reused: the old session had emptied and a new process called ``setsid``); and
+    never a member started before the leader. Plain session IDs get only the first check (for callers
+    that pass sessions of processes they see alive).
+    """
+    starts = dict(sessions) if isinstance(sessions, Mapping) else dict.fromkeys(sessions, 0)
+    wanted = {sid: start for sid, start in starts.items() if sid > 1 and _leader_matches(sid, start)}
     if not wanted:
         return []
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             info = proc_info(int(entry))
-            if info is not None and info.session in wanted and info.state not in "ZX":
+            if (info is not None and info.session in wanted and info.state not in "ZX"
+                    and info.start_time >= wanted[info.session]):
                 found.append(info.pid)
     return found
+
+
+def _leader_matches(sid: int, start: int) -> bool:
+    """False when the process whose PID is ``sid`` lives but is not the leader started at ``start``."""
+    if not start:
+        return True
+    leader = proc_info(sid)
+    return leader is None or leader.start_time == start
+
+
+def same_process(pid: int | None, start: int) -> bool:
+    """True when ``pid`` (> 1) is a live process started at ``start`` (0 = unknown: any live process)."""
+    info = proc_info(pid) if pid and pid > 1 else None
+    return info is not None and info.state not in "ZX" and (not start or info.start_time == start)
+
+
+def record_sessions(raw: object) -> dict[int, int]:
+    """The sessions of a run record (``[[session ID, leader start time], ...]``) for ``session_members``;
+    other shapes (an older record's bare IDs, which cannot be verified) give none."""
+    if not isinstance(raw, list):
+        return {}
+    return {pair[0]: pair[1] for pair in raw if isinstance(pair, list) and len(pair) == 2
+            and all(isinstance(x, int) for x in pair)}
 
 
 def _alive(pid: int | None) -> bool:
@@ -150,7 +184,7 @@ def _boot_id() -> str:
 
 
 def _signal_all(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
+    for pid in (p for p in pids if p > 1):  # never the kernel's or init's (nor, with -1, everyone)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
             if sig not in (signal.SIGKILL, signal.SIGCONT):
@@ -182,7 +216,7 @@ class _Unit:
     main_exit: ExitStatus | None = None
     main_done: asyncio.Future[ExitStatus | None] | None = None
     control_pid: int | None = None
-    sessions: set[int] = field(default_factory=set)
+    sessions: dict[int, int] = field(default_factory=dict)  # session ID -> its leader's start time
     env: dict[str, str] = field(default_factory=dict)
     status_text: str = ""
     driver: asyncio.Task[None] | None = None
@@ -503,7 +537,8 @@ class Supervisor:
         if unit.active_state in ("inactive", "failed") and unit.sub_state in ("dead", "failed"):
             self._record_path(unit).unlink(missing_ok=True)
             return
-        record = {"main_pid": unit.main_pid, "main_start": unit.main_start, "sessions": sorted(unit.sessions),
+        record = {"main_pid": unit.main_pid, "main_start": unit.main_start,
+                  "sessions": sorted(map(list, unit.sessions.items())),
                   "active_state": unit.active_state, "sub_state": unit.sub_state, "boot_id": _boot_id(),
                   "since": unit.since, "hash": unit.unit_file.hash.hex}
         write_atomically(self._record_path(unit), json.dumps(record))
@@ -531,9 +566,7 @@ class Supervisor:
             return False
         main = record.get("main_pid")
         main_pid = main if isinstance(main, int) else None
-        raw_sessions = record.get("sessions")
-        sessions = {s for s in raw_sessions if isinstance(s, int)} \
-            if isinstance(raw_sessions, list) else set()
+        sessions = record_sessions(record.get("sessions"))
         info = proc_info(main_pid) if main_pid else None
         main_alive = (info is not None and info.state not in "ZX"
                       and info.start_time == record.get("main_start"))
@@ -548,7 +581,7 @@ class Supervisor:
         if unit.spec.type is ServiceType.NOTIFY or unit.spec.notify_access is not NotifyAccess.NONE:
             self._open_notify(unit)
         if main_pid is not None:
-            self._set_main(unit, main_pid, None)
+            self._set_main(unit, main_pid, None, recorded_start=record.get("main_start"))
         # (recorded state) -> active/running | active/exited
         self._set_state(unit, "active", "exited" if exited and not main_alive else "running")
         self._log(unit, f"Adopted {unit.label}" + (f" (main PID {main_pid})." if main_alive else "."))
@@ -659,7 +692,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + spec.timeout_start
         unit.result, unit.main_exit, unit.ready, unit.status_text = ServiceResult.SUCCESS, None, False, ""
-        unit.sessions, unit.main_pid, unit.main_done = set(), None, None
+        unit.sessions, unit.main_pid, unit.main_done = {}, None, None
         self.journal_store.main_pids.pop(unit.name, None)
         self.journal_store.forget_output(unit.name)
         try:
@@ -860,7 +893,7 @@ class Supervisor:
         self._cancel_watch(unit)
         if not session_members(unit.sessions):
             self.journal_store.forget_output(unit.name)
-            unit.sessions = set()
+            unit.sessions = {}
         unit.control_pid = None
         # deactivating -> inactive/dead | failed/failed
         self._set_state(unit, "failed" if failed else "inactive", "failed" if failed else "dead")
@@ -940,7 +973,8 @@ class Supervisor:
             raise _SpawnError(EXIT_EXEC, f"Failed to execute {executable}: {err.strerror}") from None
         finally:
             os.close(output)
-        unit.sessions.add(process.pid)
+        leader = proc_info(process.pid)
+        unit.sessions[process.pid] = leader.start_time if leader else 0
         self._save_record(unit)
         return process
 
@@ -994,16 +1028,23 @@ class Supervisor:
                 waiter.cancel()
         return task.result()
 
-    def _set_main(self, unit: _Unit, pid: int, process: asyncio.subprocess.Process | None) -> None:
+    def _set_main(self, unit: _Unit, pid: int, process: asyncio.subprocess.Process | None, *,
+                  recorded_start: object = None) -> None:
         """Make ``pid`` the main process and watch it: through ``process`` when it is our child, else
-        through a pidfd (exit status unknown)."""
+        through a pidfd (exit status unknown). With ``recorded_start`` (an adopted record's start time),
+        a process that is not the one recorded (gone, or its PID reused) counts as exited at once and is
+        never signalled."""
         loop = asyncio.get_running_loop()
         info = proc_info(pid)
         unit.main_pid, unit.main_start = pid, info.start_time if info else 0
         self.journal_store.main_pids[unit.name] = pid
         done: asyncio.Future[ExitStatus | None] = loop.create_future()
         unit.main_done = done
-        if process is not None:
+        if recorded_start is not None and not (isinstance(recorded_start, int)
+                                               and same_process(pid, recorded_start)):
+            unit.main_start = recorded_start if isinstance(recorded_start, int) and recorded_start else -1
+            done.set_result(None)
+        elif process is not None:
             async def watch_child() -> None:
                 status = ExitStatus.from_returncode(await process.wait())
                 if not done.done():
@@ -1075,7 +1116,8 @@ class Supervisor:
 
         def targets() -> list[int]:
             if only_main:
-                return [unit.main_pid] if unit.main_pid and _alive(unit.main_pid) else []
+                main = unit.main_pid
+                return [main] if main and same_process(main, unit.main_start) else []
             return session_members(unit.sessions)
 
         if not targets():

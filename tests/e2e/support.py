@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleetd.runtime.supervisor import session_members
+from fleetd.runtime.supervisor import record_sessions, session_members
 from tests import harness
 
 T = TypeVar("T")
@@ -140,13 +140,14 @@ class Machine:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(60)
 
-    def unit_sessions(self) -> set[int]:
-        """The sessions of the units this machine's supervisor recorded as running."""
-        sessions: set[int] = set()
+    def unit_sessions(self) -> dict[int, int]:
+        """The sessions of the units this machine's supervisor recorded as running, with their leaders'
+        start times (``session_members`` then never reaches a session that reused a recorded ID)."""
+        sessions: dict[int, int] = {}
         for record in (self.units_dir / "run").glob("*.json"):
             try:
-                sessions.update(json.loads(record.read_text()).get("sessions") or [])
-            except (OSError, ValueError):
+                sessions.update(record_sessions(json.loads(record.read_text()).get("sessions")))
+            except (OSError, ValueError, AttributeError):
                 continue
         return sessions
 

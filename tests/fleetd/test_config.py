@@ -14,6 +14,8 @@ from fleetd.config import (
     parse_config,
     parse_go_duration,
     read_machine_id,
+    systemd_booted,
+    systemd_on_bus,
 )
 from fleetd.engine.plan import EngineConfig
 
@@ -133,3 +135,18 @@ def test_load_config_and_machine_id_files(tmp_path: Path) -> None:
         read_machine_id(parse_config(f"machine_id_file={tmp_path / 'absent'}"))
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(str(tmp_path / "absent.conf"), {})
+
+
+def test_auto_runtime_asks_the_system_bus_first(tmp_path: Path) -> None:
+    """systemd on the bus decides; only a bus that cannot be asked falls back to /run/systemd/system."""
+    run_dir = tmp_path / "run-systemd-system"
+    assert systemd_booted(lambda: True, str(run_dir))
+    assert not systemd_booted(lambda: False, str(run_dir))
+    assert not systemd_booted(lambda: None, str(run_dir))
+    run_dir.mkdir()
+    assert systemd_booted(lambda: None, str(run_dir))
+    assert not systemd_booted(lambda: False, str(run_dir))
+
+
+def test_a_bus_that_cannot_be_asked_gives_no_answer(tmp_path: Path) -> None:
+    assert systemd_on_bus(f"unix:path={tmp_path / 'no-bus'}", timeout=1.0) is None
