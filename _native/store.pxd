@@ -74,6 +74,7 @@ cdef class Store:
     cdef readonly EventHistory history
     cdef uint64_t _stats[15]
     cdef _Buf _buf
+    cdef _Buf _out  # get_response assembles the HTTP response here
 
     # the public operations (Python-visible)
     cpdef Event get(self, str path, bint recursive, bint sorted, int64_t now_ns)
@@ -90,6 +91,7 @@ cdef class Store:
     cpdef bint auth_enabled(self)
 
     # tree
+    cdef Node _read(self, str path, bint recursive, bint sorted, int64_t now_ns)
     cdef Node _lookup(self, str path)
     cdef Node _walk_error(self, str path)
     cdef Node _prepare_parent(self, str path, list missing)

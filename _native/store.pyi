@@ -123,6 +123,12 @@ class Store:
     def get(self, path: str, recursive: bool, sorted: bool, now_ns: int) -> Event:
         """Read (action ``get``). Directories list visible (non-``_``) children; ``recursive``
         expands subdirectories; ``sorted`` orders by key at every level, else insertion order."""
+    def get_response(self, path: str, recursive: bool, sorted: bool, now_ns: int, head: bytes,
+                     raft_index: int, raft_term: int, date: bytes) -> bytes:
+        """``get(path, recursive, sorted, now_ns)`` as a complete HTTP response: ``head`` (status line
+        and fixed headers), ``X-Etcd-Index`` (the store index), ``X-Raft-Index``, ``X-Raft-Term``,
+        ``Date: <date>``, ``Content-Length``, a blank line, the body. Counted and failing
+        (V2Error) exactly as ``get``."""
     def set(self, path: str, dir: bool, value: str, expire_ns: int, refresh: bool, now_ns: int) -> Event:
         """Create or replace (a new createdIndex). Existing dir -> 102; a dir may replace a file.
         ``refresh``: the node must exist (100), its value is kept."""

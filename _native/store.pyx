@@ -554,6 +554,7 @@ cdef class Store:
         for i in range(15):
             self._stats[i] = 0
         self._buf = _Buf()
+        self._out = _Buf()
         for ns in ("0", "1"):
             self._attach(self._root, ns, None, True, 0, 0)
 
@@ -814,10 +815,10 @@ cdef class Store:
 
     # --- reads ------------------------------------------------------------------------------
 
-    cpdef Event get(self, str path, bint recursive, bint sorted, int64_t now_ns):
-        """Read a node (action ``get``); directories list their visible children."""
+    cdef Node _read(self, str path, bint recursive, bint sorted, int64_t now_ns):
+        """Look up a clean ``path`` (counted as a get) and write its ``get`` body, still open,
+        into the buffer."""
         cdef Node n
-        path = _clean(path)
         try:
             n = self._lookup(path)
         except V2Error:
@@ -826,8 +827,41 @@ cdef class Store:
         self._stats[GETS_SUCCESS] += 1
         self._w_head("get")
         self._w_tree(n, True, recursive, sorted, now_ns)
+        return n
+
+    cpdef Event get(self, str path, bint recursive, bint sorted, int64_t now_ns):
+        """Read a node (action ``get``); directories list their visible children."""
+        path = _clean(path)
+        cdef Node n = self._read(path, recursive, sorted, now_ns)
         return self._finish("get", path, n.modified_index, n.children is not None, False, False,
                             (), n.value)
+
+    def get_response(self, str path, bint recursive, bint sorted, int64_t now_ns, bytes head,
+                     uint64_t raft_index, uint64_t raft_term, bytes date):
+        """``get(path, recursive, sorted, now_ns)`` as a complete HTTP response: ``head`` (status line
+        and the fixed headers, each ending in CRLF), ``X-Etcd-Index`` (the store index),
+        ``X-Raft-Index``, ``X-Raft-Term``, ``Date: <date>``, ``Content-Length``, a blank line and
+        the event's body. Counted and failing (V2Error) exactly as ``get``."""
+        self._read(_clean(path), recursive, sorted, now_ns)
+        cdef _Buf body = self._buf
+        cdef _Buf out = self._out
+        body.put(b"}\n", 2)
+        out.length = 0
+        out.put_bytes(head)
+        out.put(b"X-Etcd-Index: ", 14)
+        out.put_u64(self.index)
+        out.put(b"\r\nX-Raft-Index: ", 16)
+        out.put_u64(raft_index)
+        out.put(b"\r\nX-Raft-Term: ", 15)
+        out.put_u64(raft_term)
+        out.put(b"\r\nDate: ", 8)
+        out.put_bytes(date)
+        out.put(b"\r\nContent-Length: ", 18)
+        out.put_u64(body.length)
+        out.put(b"\r\n\r\n", 4)
+        out.put(body.data, body.length)
+        body.length = 0
+        return out.take()
 
     # --- writes -----------------------------------------------------------------------------
 

@@ -28,12 +28,13 @@ from fastkv._native.store import (
 )
 from fastkv._native.watch import Watcher
 from fastkv.http.form import FormError, is_form_content_type, parse_bool, parse_form, parse_uint
-from fastkv.http.responses import JSON, App, Response, method_not_allowed
+from fastkv.http.responses import JSON, App, Response, http_date, method_not_allowed
 
 if TYPE_CHECKING:
     from fastkv.http.protocol import HttpProtocol, Request
 
-__all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "handle_keys", "internal_path", "parse_key_request"]
+__all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "handle_keys", "internal_path", "parse_key_request",
+           "plain_get", "plain_read_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,39 @@ def local_get(app: App, path: str, recursive: bool, sorted: bool, now_ns: int) -
     except V2Error as error:
         return error_response(app, error)
     return 200, event_headers(app, event.etcd_index), event.body
+
+
+_PLAIN_PAIRS = {b"%s=%s" % (name, text): (name, value) for name in (b"recursive", b"sorted", b"quorum")
+                for text, value in ((b"true", True), (b"false", False)) if name != b"quorum" or not value}
+
+
+def plain_read_flags(query: bytes) -> tuple[bool, bool] | None:
+    """``(recursive, sorted)`` of a query made only of ``recursive``, ``sorted`` (``true`` or
+    ``false``) and ``quorum=false`` pairs, read as ``parse_key_request`` reads them (the first
+    of a repeated name wins, empty pairs are skipped); None for any other query."""
+    flags: dict[bytes, bool] = {}
+    for pair in query.split(b"&"):
+        if pair:
+            known = _PLAIN_PAIRS.get(pair)
+            if known is None:
+                return None
+            flags.setdefault(*known)
+    return flags.get(b"recursive", False), flags.get(b"sorted", False)
+
+
+def plain_get(app: App, path: str, recursive: bool, sorted: bool) -> bytes | Response:
+    """The hot path: a local ``GET /v2/keys/...`` of the internal ``path`` without body or
+    ``Origin``, over HTTP/1.1 kept alive. A key that reads is answered with the complete
+    response bytes (exactly what ``HttpProtocol.send`` writes for ``local_get``'s answer); an
+    error with its ``Response``."""
+    node = app.node
+    store = node.store
+    store.auth_enabled()
+    try:
+        return store.get_response(path, recursive, sorted, time.time_ns(), app.ok_json_head(),
+                                  node.raft_index, node.raft_term, http_date())
+    except V2Error as error:
+        return error_response(app, error)
 
 
 def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | object:

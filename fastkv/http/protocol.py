@@ -25,7 +25,7 @@ import httptools
 from fastkv import metrics
 from fastkv.http.endpoints import dispatch
 from fastkv.http.form import FormError, path_unescape
-from fastkv.http.keys import WATCHING
+from fastkv.http.keys import KEYS_PREFIX, WATCHING, plain_get, plain_read_flags
 from fastkv.http.responses import (
     BAD_REQUEST,
     BODY_TOO_LARGE,
@@ -56,6 +56,25 @@ _OTHER_METHOD = b"unknown"  # the series of methods httptools does not know (any
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 tchar+, Go's validMethod
 _STAND_IN = b"GET"
 MAX_KEPT_BYTES = 1 << 20  # input kept for re-parsing while no request ends at a read boundary
+_HEADER_VALUE = rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?"
+# One whole plain key read as common clients send it: no escapes, no ``.`` segment (nothing
+# ServeMux would redirect), ``Host`` first, then only headers the answer does not depend on.
+# Group 1 is the key below /v2/keys without a trailing slash, group 2 the query (checked by
+# ``keys.plain_read_flags``). Anything else takes the parser.
+_PLAIN_GET = re.compile(rb"GET /v2/keys((?:/(?!\.)[-\w.~]+)*)/?(?:\?([\w=&]*))? HTTP/1\.1\r\nHost: "
+                        + _HEADER_VALUE
+                        + rb"\r\n(?:(?:User-Agent|Accept|Accept-Encoding): " + _HEADER_VALUE + rb"\r\n)*\r\n")
+_PLAIN_GET_MAX = 4096  # bytes; far below every limit the parser enforces
+_NO_FLAGS = (False, False)
+
+
+def _received(method: bytes) -> Any:
+    """The ``etcd_http_received_total`` series of ``method``."""
+    counter = _RECEIVED.get(method)
+    if counter is None:
+        counter = _RECEIVED[method] = metrics.http_received.labels(method.decode("latin-1"))
+    return counter
+
 
 
 class _CompletionCounter:
@@ -257,6 +276,14 @@ class HttpProtocol(asyncio.Protocol):
         if self.failed is not None or self.closed:
             return
         recovery = self.recovery
+        if (data[:12] == b"GET /v2/keys" and len(data) < _PLAIN_GET_MAX and recovery.method is None
+                and recovery.held is None and not (self.in_request or self.busy or self.queue)):
+            match = _PLAIN_GET.fullmatch(data)
+            if match is not None:
+                flags = plain_read_flags(match[2]) if match[2] else _NO_FLAGS
+                if flags is not None:
+                    self._answer_plain_get(match[1], *flags)
+                    return
         if recovery.held is not None:
             self._reparse(recovery.held + data)
             return
@@ -381,10 +408,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             recovery.method = None
             label = _OTHER_METHOD
-        counter = _RECEIVED.get(label)
-        if counter is None:
-            counter = _RECEIVED[label] = metrics.http_received.labels(label.decode("latin-1"))
-        counter.inc()
+        _received(label).inc()
         if not self.has_host and parser.get_http_version() == "1.1":
             self.fail(MISSING_HOST)
             return
@@ -406,6 +430,21 @@ class HttpProtocol(asyncio.Protocol):
         self._answer(request)
 
     # -- Answering ----------------------------------------------------------------------------
+
+    def _answer_plain_get(self, key: bytes, recursive: bool, sorted: bool) -> None:
+        """Answer a read that ``_PLAIN_GET`` recognised as the parser and ``dispatch`` would:
+        counted, then ``keys.plain_get`` (``key`` is the URL path below ``/v2/keys``)."""
+        _received(b"GET").inc()
+        path = "/1" + key.decode("ascii")
+        try:
+            response = plain_get(self.app, path, recursive, sorted)
+        except Exception:
+            log.exception("request GET %s failed", KEYS_PREFIX + path[2:])
+            response = INTERNAL_ERROR
+        if isinstance(response, bytes):
+            self.transport.write(response)
+        else:
+            self.send(Request(b"GET", KEYS_PREFIX + path[2:], b"", b"", None, None, True, "1.1"), response)
 
     def _answer(self, req: Request) -> None:
         """Answer ``req`` now, or start the work that will answer it (then ``busy``)."""
