@@ -43,6 +43,24 @@ def parse_job_state(text: str) -> JobState:
         raise JobStateError(f"invalid value {go_quote(text)} for JobState") from None
 
 
+#: Requirements by (unit file hash, unit name); emptied when it reaches ``_REQUIREMENTS_LIMIT`` entries.
+_REQUIREMENTS: dict[tuple[str, str], Requirements] = {}
+_REQUIREMENTS_LIMIT = 65536
+
+
+def requirements_of(unit_file: UnitFile, name: str) -> Requirements:
+    """``Requirements.of(unit_file, name)``, parsed once per unit file and name: they depend on nothing
+    else, and the engine and every agent ask for them for every unit on every round (``Unit`` objects
+    are rebuilt from each registry read, so their own cache does not last)."""
+    key = (unit_file.hash.hex, name)
+    found = _REQUIREMENTS.get(key)
+    if found is None:
+        if len(_REQUIREMENTS) >= _REQUIREMENTS_LIMIT:
+            _REQUIREMENTS.clear()
+        found = _REQUIREMENTS[key] = Requirements.of(unit_file, name)
+    return found
+
+
 @dataclass(frozen=True)
 class Unit:
     """A unit submitted to fleet: its name, its unit file and its desired state (``list-unit-files``)."""
@@ -54,7 +72,7 @@ class Unit:
     @cached_property
     def requirements(self) -> Requirements:
         """The ``[X-Fleet]`` requirements with this unit's name substituted for specifiers."""
-        return Requirements.of(self.unit_file, self.name)
+        return requirements_of(self.unit_file, self.name)
 
     @property
     def is_global(self) -> bool:

@@ -1,7 +1,8 @@
 """fleetd as a user runs it: three real fleetd processes (built-in supervisor, real ``/bin/sleep`` units)
-over the reference etcd, each serving its API on TCP. Units are submitted by writing the registry, as
-``fleetctl --driver=etcd`` does, or with ``fleetctl`` against one machine's API; what runs is checked in
-the registry and in ``/proc``."""
+each serving its API on TCP, over a real registry: the reference etcd, and a 3-member fastkv cluster whose
+three client URLs every fleetd is given (each in another order, so each prefers another member). Units
+are submitted by writing the registry, as ``fleetctl --driver=etcd`` does, or with ``fleetctl`` against
+one machine's API; what runs is checked in the registry and in ``/proc``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fleetd.daemon import Options, build_config, parse_args
-from fleetd.etcd import EtcdClient
+from fleetd.etcd import EtcdClient, EtcdException
 from fleetd.job import JobState, Unit
 from fleetd.registry.layout import Layout, RegistrySnapshot
 from fleetd.registry.registry import Registry
@@ -32,9 +33,12 @@ from tests.fleetd.test_fleetctl import Fleetctl
 
 T = TypeVar("T")
 PREFIX = "/fleet-test/"
+REGISTRIES = ("etcd", "fastkv3")
 IDS = ("1" * 32, "2" * 32, "3" * 32)
 METADATA = ("role=web,disk=ssd", "role=web", "role=db")
-TTL = 2
+#: agent_ttl per registry: a 3-member registry must outlive a leader election (1-2 s) plus a retried
+#: heartbeat, or every machine expires during a failover (a real deployment keeps fleet's 30 s).
+TTL = {"etcd": 2, "fastkv3": 5}
 
 
 def sleeper(extra: str = "") -> UnitFile:
@@ -93,8 +97,9 @@ class Fleetd:
 
     machine_id: str
     home: Path
-    etcd_url: str
+    etcd_urls: list[str]
     metadata: str
+    ttl: float
     api_port: int = 0
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
@@ -110,9 +115,9 @@ class Fleetd:
 
     def write_config(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(f"etcd_servers = {self.etcd_url}\netcd_key_prefix = {PREFIX}\n"
+        self.config_file.write_text(f"etcd_servers = {','.join(self.etcd_urls)}\netcd_key_prefix = {PREFIX}\n"
                         f"machine_id = {self.machine_id}\nmetadata = {self.metadata}\npublic_ip = 127.0.0.1\n"
-                        f"agent_ttl = {TTL}s\nengine_reconcile_interval = 0.5\n"
+                        f"agent_ttl = {self.ttl}s\nengine_reconcile_interval = 0.5\n"
                         f"units_directory = {self.units_dir}\nruntime = supervisor\n"
                                     f"api_listen = {f'127.0.0.1:{self.api_port}' if self.api_port else ''}\n"
                                     + self.extra_config)
@@ -157,12 +162,47 @@ class Fleetd:
                 os.kill(pid, signal.SIGKILL)
 
 
-class Cluster:
-    """The reference etcd and three fleetds; registry helpers run on a fresh event loop per call."""
+class RegistryServers:
+    """The registry under test: the reference etcd (``etcd``) or a 3-member fastkv cluster (``fastkv3``)."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.etcd = harness.reference_etcd(tmp).start()
-        self.machines = [Fleetd(mid, tmp / f"m{i + 1}", self.etcd.url, meta)
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.kind = kind
+        self.servers = [harness.reference_etcd(tmp)] if kind == "etcd" else harness.fastkv_cluster(tmp, 3)
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def start(self) -> None:
+        """Start every member that is not running (on its data directory: a restart keeps the data)."""
+        harness.start_all([s for s in self.servers if s.process is None or s.process.poll() is not None])
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def leader(self) -> harness.Server | None:
+        """The member that says it leads (None while there is no leader)."""
+        for server in self.servers:
+            try:
+                with urllib.request.urlopen(server.url + "/v2/stats/self", timeout=1) as response:
+                    if json.load(response).get("state") == "StateLeader":
+                        return server
+            except (OSError, ValueError):
+                continue
+        return None
+
+
+class Cluster:
+    """A registry and three fleetds; registry helpers run on a fresh event loop per call."""
+
+    def __init__(self, kind: str, tmp: Path) -> None:
+        self.registry_servers = RegistryServers(kind, tmp)
+        self.ttl = TTL[kind]
+        self.registry_servers.start()
+        urls = self.registry_servers.urls
+        self.machines = [Fleetd(mid, tmp / f"m{i + 1}", urls[i % len(urls):] + urls[:i % len(urls)], meta,
+                                 self.ttl)
                          for i, (mid, meta) in enumerate(zip(IDS, METADATA, strict=True))]
         for machine in self.machines:
             machine.api_port = harness.free_port()
@@ -170,7 +210,7 @@ class Cluster:
 
     def registry(self, action: Callable[[Registry], Awaitable[T]]) -> T:
         async def main() -> T:
-            async with EtcdClient([self.etcd.url]) as client:
+            async with EtcdClient(self.registry_servers.urls) as client:
                 return await action(Registry(client, Layout(PREFIX)))
         return asyncio.run(main())
 
@@ -185,6 +225,11 @@ class Cluster:
                 await reg.create_unit(Unit(name, unit_file, JobState.LAUNCHED))
         self.registry(create)
 
+    def submitted(self, *units: tuple[str, UnitFile]) -> bool:
+        """``submit``, True once done (for ``wait``: a registry electing a leader refuses writes)."""
+        self.submit(*units)
+        return True
+
     def destroy(self, *names: str) -> None:
         async def destroy(reg: Registry) -> None:
             for name in names:
@@ -195,15 +240,20 @@ class Cluster:
         return next(m for m in self.machines if m.machine_id == machine_id)
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-        """Poll ``check`` until it returns something truthy; fail with ``what`` and the logs otherwise."""
+        """Poll ``check`` until it returns something truthy; fail with ``what`` and the logs otherwise.
+        A registry that cannot answer right now (an election, a restart) counts as "not yet"."""
         deadline = time.monotonic() + timeout
+        error: EtcdException | None = None
         while time.monotonic() < deadline:
-            result = check()
+            try:
+                result = check()
+            except EtcdException as err:
+                result, error = None, err
             if result:
                 return result
             time.sleep(0.1)
         logs = "\n".join(f"--- {m.machine_id[:8]}\n{m.log()[-3000:]}" for m in self.machines)
-        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+        raise AssertionError(f"timed out waiting for {what} (last registry error: {error})\n{logs}")
 
     def running(self, name: str) -> str | None:
         """The machine ``name`` is scheduled to, once that machine runs it and says so in the registry."""
@@ -216,6 +266,11 @@ class Cluster:
         if state is None or (state.active_state, state.sub_state) != ("active", "running"):
             return None
         return target if self.machine(target).unit_pid(name) else None
+
+    def running_elsewhere(self, name: str, machine_id: str) -> str | None:
+        """``running(name)``, but only once that is not ``machine_id``."""
+        where = self.running(name)
+        return where if where != machine_id else None
 
     def run_pinned(self, name: str, machine: Fleetd) -> int:
         """Submit a sleeper pinned to ``machine``, wait until it runs there; its main PID."""
@@ -232,12 +287,12 @@ class Cluster:
         for machine in self.machines:
             machine.kill()
             machine.kill_orphans()
-        self.etcd.stop()
+        self.registry_servers.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("fleet"))
+@pytest.fixture(scope="module", params=REGISTRIES)
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(request.param, tmp_path_factory.mktemp(f"fleet-{request.param}"))
     try:
         cluster.wait("three machines", lambda: len(cluster.snapshot().machines) == 3)
         yield cluster
@@ -346,6 +401,34 @@ def test_machine_of_conflicts_global_and_unplaced_reasons(cluster: Cluster) -> N
     cluster.wait("reasons withdrawn", lambda: not cluster.registry(lambda reg: reg.unplaced_reasons()))
 
 
+def test_templates_with_specifiers_in_metadata_and_machine_id(cluster: Cluster) -> None:
+    """Instances of one template land where their instance name says (``%i`` in ``[X-Fleet]``); an
+    instance no machine matches stays unplaced with the reason."""
+    by_role = sleeper("[X-Fleet]\nMachineMetadata=role=%i\n")
+    pinned = sleeper("[X-Fleet]\nMachineID=%i\n")
+    cluster.submit(("meta@db.service", by_role), ("meta@none.service", by_role),
+                   (f"pin@{IDS[1]}.service", pinned))
+    assert cluster.wait("meta@db running", lambda: cluster.running("meta@db.service")) == IDS[2]
+    assert cluster.wait("pin running", lambda: cluster.running(f"pin@{IDS[1]}.service")) == IDS[1]
+    reasons = cluster.wait("meta@none unplaced", lambda: cluster.registry(lambda reg: reg.unplaced_reasons()))
+    assert "metadata" in reasons["meta@none.service"]
+    assert not cluster.snapshot().schedule.get("meta@none.service")
+    cluster.destroy_and_wait("meta@db.service", "meta@none.service", f"pin@{IDS[1]}.service")
+
+
+def test_replaces_takes_the_machine_and_moves_the_replaced_unit(cluster: Cluster) -> None:
+    cluster.submit(("replace.0.service", sleeper()))
+    first = cluster.wait("replace.0 running", lambda: cluster.running("replace.0.service"))
+    old_pid = cluster.machine(first).unit_pid("replace.0.service")
+    cluster.submit(("replace-kick0.service",
+                    sleeper(f"[X-Fleet]\nReplaces=replace.0.service\nMachineID={first}\n")))
+    assert cluster.wait("kick running", lambda: cluster.running("replace-kick0.service")) == first
+    cluster.wait("replace.0 moved", lambda: cluster.running_elsewhere("replace.0.service", first))
+    cluster.wait("replace.0 stopped on the first machine", lambda: not _alive(old_pid))
+    assert not cluster.machine(first).unit_pid("replace.0.service")
+    cluster.destroy_and_wait("replace.0.service", "replace-kick0.service")
+
+
 def test_units_of_a_killed_machine_move_after_agent_ttl(cluster: Cluster) -> None:
     cluster.submit(("ping.service", sleeper()),
                    ("pong.service", sleeper("[X-Fleet]\nMachineOf=ping.service\n")))
@@ -354,9 +437,9 @@ def test_units_of_a_killed_machine_move_after_agent_ttl(cluster: Cluster) -> Non
     victim = cluster.machine(first)
     orphan = victim.unit_pid("ping.service")
     victim.kill()
-    cluster.wait("machine gone", lambda: first not in {m.id for m in cluster.snapshot().machines}, TTL + 5)
-    moved = cluster.wait("ping moved", lambda: (lambda m: m if m and m != first else None)(
-        cluster.running("ping.service")))
+    cluster.wait("machine gone", lambda: first not in {m.id for m in cluster.snapshot().machines},
+                 cluster.ttl + 5)
+    moved = cluster.wait("ping moved", lambda: cluster.running_elsewhere("ping.service", first))
     assert cluster.wait("pong moved", lambda: cluster.running("pong.service")) == moved
     assert _alive(orphan)  # a crashed fleetd's units run on: nothing could stop them
 
@@ -416,6 +499,55 @@ def test_sigterm_with_keep_units_on_exit_leaves_units_running(cluster: Cluster) 
     cluster.destroy_and_wait("kept.service")
 
 
+def test_registry_outage_leaves_units_running_and_recovers(cluster: Cluster) -> None:
+    """The whole registry goes away for longer than agent_ttl (every member stopped), and a fleetd
+    crashes meanwhile. Units keep running where they are (same processes, not moved), every fleetd says
+    it lost the registry and that it is back, and once the registry returns the crashed machine's unit
+    is rescheduled on a live machine and new units are scheduled again."""
+    m1 = cluster.machine(IDS[0])
+    steady = cluster.run_pinned("steady.service", m1)
+    cluster.submit(("lost.service", sleeper("[X-Fleet]\nConflicts=steady.service\n")))
+    lost_on = cluster.wait("lost running", lambda: cluster.running("lost.service"))
+    victim = cluster.machine(lost_on)
+    survivors = [m for m in cluster.machines if m is not victim]
+    orphan = victim.unit_pid("lost.service")
+    logs_before = {m.machine_id: len(m.log()) for m in cluster.machines}
+
+    def logged_since_outage(machine: Fleetd, text: str) -> bool:
+        return text in machine.log()[logs_before[machine.machine_id]:]
+
+    cluster.registry_servers.stop()
+    outage_started = time.monotonic()
+    victim.kill()
+    for machine in survivors:
+        loss = f"Heartbeat of Machine({machine.machine_id}) failed"
+        cluster.wait("the loss logged", functools.partial(logged_since_outage, machine, loss),
+                     cluster.ttl + 10)
+    # the outage outlives every TTL in the registry
+    time.sleep(max(0.0, outage_started + cluster.ttl + 2 - time.monotonic()))
+    assert _alive(steady) and _alive(orphan)
+    cluster.registry_servers.start()
+
+    for machine in survivors:
+        cluster.wait("the recovery logged", functools.partial(
+            logged_since_outage, machine, f"Heartbeat of Machine({machine.machine_id}) succeeded again"),
+                     cluster.ttl + 15)
+    moved = cluster.wait("lost rescheduled on a live machine",
+                         lambda: cluster.running_elsewhere("lost.service", lost_on))
+    assert moved != IDS[0]  # Conflicts=steady.service still holds
+    assert cluster.wait("steady running", lambda: cluster.running("steady.service")) == IDS[0]
+    assert m1.unit_pid("steady.service") == steady  # never stopped nor restarted
+    assert not logged_since_outage(m1, "job=steady.service")
+    assert cluster.wait("machines back", lambda: {m.id for m in cluster.snapshot().machines} ==
+                        {m.machine_id for m in survivors})
+    cluster.run_pinned("after-outage.service", survivors[-1])
+
+    victim.start()  # back again: the machine rejoins and drops the unit that moved away meanwhile
+    cluster.wait("orphan stopped", lambda: not _alive(orphan))
+    cluster.wait("three machines again", lambda: len(cluster.snapshot().machines) == 3)
+    cluster.destroy_and_wait("steady.service", "lost.service", "after-outage.service")
+
+
 def test_sigterm_stops_units_and_leaves(cluster: Cluster) -> None:
     m3 = cluster.machine(IDS[2])
     pid = cluster.run_pinned("pinned.service", m3)
@@ -428,3 +560,26 @@ def test_sigterm_stops_units_and_leaves(cluster: Cluster) -> None:
     reasons = cluster.wait("pinned unplaced", lambda: cluster.registry(lambda reg: reg.unplaced_reasons()))
     assert "does not match" in reasons["pinned.service"]
     cluster.destroy("pinned.service")
+
+
+@pytest.mark.parametrize("cluster", ["fastkv3"], indirect=True)
+def test_killed_registry_leader_fails_over(cluster: Cluster) -> None:
+    """SIGKILL of the fastkv leader: the fleetd that talked to it moves to another member, units keep
+    running, machines stay registered, and units are scheduled and started as before."""
+    servers = cluster.registry_servers
+    leader = cluster.wait("a registry leader", servers.leader)
+    user = next(m for m in cluster.machines if m.etcd_urls[0] == leader.url)
+    if not _alive(user.process.pid if user.process else None):  # stopped by an earlier test
+        user.start()
+        cluster.wait("three machines", lambda: len(cluster.snapshot().machines) == 3)
+    pid = cluster.run_pinned("before.service", user)
+    leader.kill()
+    cluster.wait("a new leader", lambda: servers.leader() not in (None, leader), 20)
+    after = ("after.service", sleeper(f"[X-Fleet]\nMachineID={user.machine_id}\n"))
+    cluster.wait("submitted", lambda: cluster.submitted(after))
+    assert cluster.wait("after running", lambda: cluster.running("after.service")) == user.machine_id
+    assert user.unit_pid("before.service") == pid
+    assert cluster.running("before.service") == user.machine_id
+    assert {m.id for m in cluster.snapshot().machines} == set(IDS)
+    servers.start()  # the killed member rejoins
+    cluster.destroy_and_wait("before.service", "after.service")
