@@ -43,7 +43,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +217,7 @@ class JobView:
         if self.loaded and index < self.index:
             return False
         fresh = {job.name: job for job in jobs}
-        differed = self.loaded and fresh != self.jobs
+        differed = self.loaded and _scheduling(fresh) != _scheduling(self.jobs)
         self.jobs, self.index, self.loaded = fresh, index, True
         return differed
 
@@ -247,6 +247,11 @@ class JobView:
         return [job for _, job in sorted(self.jobs.items())
                 if job.target_machine_id == self.machine_id
                 or (not job.target_machine_id and job.target_state is not JobState.INACTIVE)]
+
+
+def _scheduling(jobs: Mapping[str, JobRecord]) -> dict[str, JobRecord]:
+    """The jobs without their heartbeats, which reads carry and watch events do not."""
+    return {name: dataclasses.replace(job, heartbeat="") for name, job in jobs.items()}
 
 
 def _changed_record(record: JobRecord | None, event: JobEvent) -> JobRecord | None:

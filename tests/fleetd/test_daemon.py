@@ -27,6 +27,7 @@ from fleetd.etcd import EtcdClient, EtcdException
 from fleetd.job import JobState, Unit
 from fleetd.registry.layout import Layout, RegistrySnapshot
 from fleetd.registry.registry import Registry
+from fleetd.runtime.supervisor import same_process
 from fleetd.unit import UnitFile
 from tests import harness
 from tests.fleetd.test_fleetctl import Fleetctl
@@ -157,8 +158,9 @@ class Fleetd:
     def kill_orphans(self) -> None:
         """SIGKILL the unit processes this machine left behind (after a crash), by their PIDs."""
         for record in (self.units_dir / "run").glob("*.json"):
-            pid = json.loads(record.read_text()).get("main_pid")
-            if isinstance(pid, int) and _alive(pid):
+            run = json.loads(record.read_text())
+            pid = run.get("main_pid")
+            if isinstance(pid, int) and same_process(pid, run.get("main_start", -1)):  # never a reused PID
                 os.kill(pid, signal.SIGKILL)
 
 
