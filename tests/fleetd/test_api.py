@@ -124,7 +124,8 @@ class Cluster:
         for task in self.background:
             task.cancel()
         for server in self.servers:
-            server.close()
+            if server.is_serving():  # closing twice fails on Python 3.11
+                server.close()
         self.run(self.etcd.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +24,20 @@ def bystander() -> Iterator[int]:
     """A process of its own session that no unit started (as dockerd is to fleetd)."""
     process = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
+        # Start times have clock-tick resolution: let a tick pass, so that a process started after
+        # this one (a unit's) never shares its start time.
+        deadline = time.monotonic() + 5
+        while _ticks_since_boot() <= start_time(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
         yield process.pid
     finally:
         process.kill()
         process.wait(10)
+
+
+def _ticks_since_boot() -> float:
+    with open("/proc/uptime") as uptime:
+        return float(uptime.read().split()[0]) * os.sysconf("SC_CLK_TCK")
 
 
 def start_time(pid: int) -> int:
