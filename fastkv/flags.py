@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fastkv.gostrings import go_quote
+
 #: Spellings Go's ``strconv.ParseBool`` accepts.
 TRUE_WORDS = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 FALSE_WORDS = frozenset({"0", "f", "F", "FALSE", "false", "False"})
@@ -81,26 +83,6 @@ class Flag:
 def parse_bool(text: str) -> bool:
     """Go's ``strconv.ParseBool`` for a value already known to be valid."""
     return text in TRUE_WORDS
-
-
-def go_quote(text: str) -> str:
-    """``text`` quoted as Go's ``%q`` quotes it (close enough for messages)."""
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from fastkv.gostrings import go_quote
+
 #: Characters Go's URL path escaping leaves alone (besides letters and digits).
 PATH_SAFE = "-_.~$&+,/:;=@"
 
@@ -91,10 +93,6 @@ def encode_form(params: Mapping[str, str]) -> str:
         f"{urllib.parse.quote_plus(k, safe='')}={urllib.parse.quote_plus(v, safe='')}"
         for k, v in sorted(params.items())
     )
-
-
-def go_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def describe_os_error(host: str, port: int, err: OSError) -> str:

@@ -16,6 +16,8 @@ each one as ``\\ufffd`` as Go's does.
 
 from __future__ import annotations
 
+from fastkv.gostrings import go_quote
+
 __all__ = [
     "FormError",
     "go_quote",
@@ -34,35 +36,6 @@ _UINT64_MAX = (1 << 64) - 1
 
 class FormError(ValueError):
     """A request whose form cannot be parsed; ``str(error)`` is Go's error text."""
-
-
-def go_quote(raw: bytes) -> str:
-    """``strconv.Quote`` of a byte string: printable ASCII kept, the rest escaped."""
-    out = ['"']
-    for ch in raw.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif 0x20 <= code < 0x7F:
-            out.append(ch)
-        elif 0xDC80 <= code <= 0xDCFF:  # an invalid UTF-8 byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x80 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
 
 
 def _unescape(raw: bytes, plus_is_space: bool) -> bytes:
