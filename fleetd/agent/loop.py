@@ -429,8 +429,8 @@ class Agent:
         raced the watch) leaves the view as it is."""
         jobs, index = await self.registry.jobs()
         if self.view.reset(jobs, index):
-            log.warning("The registry's job/ differed from the watched view (a missed change); "
-                        "using what was read")
+            # Usually changes the watch has not delivered yet; a lost event would show up here too.
+            log.debug("job/ read at index %d differed from the watched view; using what was read", index)
         return index
 
     async def refresh_metadata(self) -> None:
