@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from fleetd.backoff import Backoff
 from fleetd.config import LEASE_TTL_FACTOR
@@ -219,34 +219,36 @@ class Engine:
         await asyncio.gather(self._watch_jobs(index), self._watch_machines(index))
 
     async def _watch_jobs(self, index: int) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                async for _ in self.registry.watch_jobs(index):
-                    self._wake.set()
-            except EtcdException as err:
-                log.debug("Engine job watch failed: %s", err)
-                await asyncio.sleep(1.0)
-                index = 0
-            except Exception:
-                await asyncio.sleep(backoff.unexpected(log, "Engine job watch"))
-                index = 0
+        async def jobs(since: int) -> None:
+            async for _ in self.registry.watch_jobs(since):
+                self._wake.set()
+
+        await self._keep_watching("Engine job watch", jobs, index)
 
     async def _watch_machines(self, index: int) -> None:
         machines = self.registry.layout.machines_dir()
+
+        async def presence(since: int) -> None:
+            async for event in self.registry.client.watch_forever(machines, recursive=True,
+                                                                  wait_index=since):
+                if event.action == "get" or machine_event_matters(event):
+                    self._wake.set()
+
+        await self._keep_watching("Engine machine watch", presence, index)
+
+    async def _keep_watching(self, what: str, watch: Callable[[int], Awaitable[None]], index: int) -> None:
+        """Run ``watch(index)`` for ever: after a registry error wait a second, after anything else
+        back off, and start again from the current state (index 0)."""
         backoff = Backoff()
         while True:
             try:
-                async for event in self.registry.client.watch_forever(machines, recursive=True,
-                                                                      wait_index=index):
-                    if event.action == "get" or machine_event_matters(event):
-                        self._wake.set()
+                await watch(index)
             except EtcdException as err:
-                log.debug("Engine machine watch failed: %s", err)
+                log.debug("%s failed: %s", what, err)
                 await asyncio.sleep(1.0)
                 index = 0
             except Exception:
-                await asyncio.sleep(backoff.unexpected(log, "Engine machine watch"))
+                await asyncio.sleep(backoff.unexpected(log, what))
                 index = 0
 
     async def _stop_watching(self) -> None:
