@@ -9,7 +9,8 @@ frames. ``send`` only appends to the queue; everything queued before the loop ru
 while the socket cannot take more (the transport paused writing), goes out as one write.
 When the queue is full the frame is dropped and counted — Raft tolerates loss, and a slow
 peer cannot make memory grow. While a peer is unreachable, frames for it are counted as
-failed and not kept; a timer dials it again after an exponential backoff with jitter.
+failed and not kept; a timer dials it again after an exponential backoff with jitter, or at
+once when that peer dials us (it is evidently up again).
 
 Each outbound connection starts with a ping; the pong proves the peer accepts our frames
 (which resets the backoff) and gives a round-trip sample. After that one ping rides along
@@ -539,6 +540,18 @@ class TcpTransport:
 
     def _on_ping(self, connection: _Connection, frame: Frame) -> None:
         self._write_back(connection, self._encoder.encode(KIND_PONG, frame.sender, None, frame.request_id))
+        self._dial_back_now(frame.sender)
+
+    def _dial_back_now(self, member_id: int) -> None:
+        """A peer we are backing off from has just dialed us, so it is up: WAITING -> CONNECTING now,
+        with a fresh backoff, rather than after a delay that may have grown to ``backoff_max``."""
+        peer = self._peers.get(member_id)
+        if peer is None or peer.state is not _LinkState.WAITING or not self._running:
+            return
+        if peer.timer is not None:
+            peer.timer.cancel()
+        peer.backoff.reset()
+        self._dial(peer)
 
     def _write_back(self, connection: _Connection, frame: bytes) -> None:
         """Answer on an inbound connection, closing it if the peer has stopped reading answers."""

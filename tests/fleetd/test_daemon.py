@@ -280,8 +280,13 @@ class Cluster:
         self.wait(f"{name} running", lambda: self.running(name))
         return self.wait(f"{name}'s PID", lambda: machine.unit_pid(name))
 
-    def destroy_and_wait(self, *names: str) -> None:
+    def destroyed(self, *names: str) -> bool:
+        """``destroy``, True once done (for ``wait``: a write that timed out is simply tried again)."""
         self.destroy(*names)
+        return True
+
+    def destroy_and_wait(self, *names: str) -> None:
+        self.wait(f"{names} destroyed", lambda: self.destroyed(*names))
         self.wait(f"{names} stopped everywhere", lambda: not any(
             m.unit_pid(n) for m in self.machines for n in names))
 
@@ -300,6 +305,18 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(autouse=True)
+def no_units_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared cluster, destroy whatever units a failed test left, so that one
+    failure does not spill into the tests after it."""
+    yield
+    if "cluster" in request.fixturenames:
+        cluster: Cluster = request.getfixturevalue("cluster")
+        (left,) = cluster.wait("the unit list", lambda: (list(cluster.snapshot().units),))
+        if left:
+            cluster.destroy_and_wait(*left)
 
 
 def test_api_is_served_once_registered(cluster: Cluster) -> None:

@@ -151,6 +151,25 @@ def test_a_peer_that_restarts_is_reached_again(run: Run) -> None:
     run(scenario())
 
 
+def test_a_restarted_peer_that_dials_us_is_dialed_back_at_once(run: Run) -> None:
+    """A member whose backoff has grown long (a peer down for a while) does not wait it out once the
+    peer is back and dials it: its first ping makes the member dial back without delay."""
+    async def scenario() -> None:
+        a, b = await cluster(2, backoff_initial=30.0, backoff_max=60.0)
+        await connected(a, b)
+        port = b.transport.listen_addresses[0][1]
+        await b.transport.stop()
+        await until(lambda: a.transport.stats(b.id).failed >= 1, lambda: a.transport.send(b.id, "lost"))
+        b2 = Member(b.id, port, backoff_initial=30.0, backoff_max=60.0)
+        await b2.transport.start()
+        b2.transport.add_peer(a.id, [a.url])  # b2 dials a; a is 30 s or more from dialing b again
+        await until(lambda: b2.received.get(a.id) is not None, lambda: a.transport.send(b.id, "soon"))
+        assert set(b2.received[a.id]) == {"soon"}
+        await stop(a, b2)
+
+    run(scenario())
+
+
 def test_backoff_doubles_with_jitter_up_to_its_maximum_and_resets() -> None:
     backoff = Backoff(0.1, 1.0, random.Random(3))
     delays = [backoff.next_delay() for _ in range(7)]
