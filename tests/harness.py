@@ -126,26 +126,33 @@ def fastkv(tmp: Path, name: str = "fk", extra: list[str] | None = None,
 
 
 def fastkv_cluster(tmp: Path, size: int, extra: list[str] | None = None,
-                   advertise_peer_ports: list[int] | None = None, token: str = "fk-cluster") -> list[Server]:
+                   advertise_peer_ports: list[int] | None = None, token: str = "fk-cluster",
+                   client_host: str = "127.0.0.1") -> list[Server]:
     """``size`` fastkv members of one new cluster (not started: ``start_all``). Member ``i`` listens
     for peers on its own port and advertises ``advertise_peer_ports[i]`` when given (a proxy in
-    front of it), else its listen port."""
+    front of it), else its listen port. Clients reach every member on 127.0.0.1 and, when
+    ``client_host`` is another address (the Docker bridge, for containers), on that address too,
+    which is then the one advertised."""
     names = [f"m{i}" for i in range(size)]
     clients = [free_port() for _ in names]
     peers = [free_port() for _ in names]
     advertised = advertise_peer_ports or peers
     initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(names, advertised, strict=True))
-    return [cluster_member(tmp, name, clients[i], peers[i], advertised[i], initial, "new", token, extra)
+    return [cluster_member(tmp, name, clients[i], peers[i], advertised[i], initial, "new", token, extra,
+                           client_host)
             for i, name in enumerate(names)]
 
 
 def cluster_member(tmp: Path, name: str, client_port: int, peer_port: int, advertised_peer_port: int,
-                   initial_cluster: str, state: str, token: str, extra: list[str] | None = None) -> Server:
-    """One member of a fastkv cluster, as ``etcd`` would be started for it."""
-    client = f"http://127.0.0.1:{client_port}"
+                   initial_cluster: str, state: str, token: str, extra: list[str] | None = None,
+                   client_host: str = "127.0.0.1") -> Server:
+    """One member of a fastkv cluster, as ``etcd`` would be started for it (``client_host``: as in
+    ``fastkv_cluster``)."""
+    advertised = f"http://{client_host}:{client_port}"
+    listen = ",".join(dict.fromkeys([f"http://127.0.0.1:{client_port}", advertised]))
     data_dir = tmp / f"{name}.fastkv"
     args = [sys.executable, "-m", "fastkv", "--name", name, "--data-dir", str(data_dir),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-client-urls", listen, "--advertise-client-urls", advertised,
             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{advertised_peer_port}",
             "--initial-cluster", initial_cluster, "--initial-cluster-state", state,

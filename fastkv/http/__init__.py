@@ -46,10 +46,13 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def start_client_listeners(node: Any, settings: Settings) -> list[asyncio.AbstractServer]:
+async def start_client_listeners(node: Any, settings: Settings,
+                                 start_serving: bool = True) -> list[asyncio.AbstractServer]:
     """Listen on every client URL; each connection gets its own ``HttpProtocol``.
 
-    The caller closes the returned servers on shutdown.
+    With ``start_serving`` false the sockets listen (clients may connect and wait) but nothing is
+    accepted until the caller calls ``start_serving()`` on each server. The caller closes the
+    returned servers on shutdown.
     """
     raise_open_file_limit()
     loop = asyncio.get_running_loop()
@@ -64,10 +67,11 @@ async def start_client_listeners(node: Any, settings: Settings) -> list[asyncio.
         for url in settings.listen_client_urls:
             kind, host, port = parse_listen_url(url)
             if kind == "unix":
-                servers.append(await loop.create_unix_server(factory, host, backlog=1024))
+                servers.append(await loop.create_unix_server(factory, host, backlog=1024,
+                                                             start_serving=start_serving))
             else:
                 servers.append(await loop.create_server(factory, host, port, backlog=1024,
-                                                        reuse_address=True))
+                                                        reuse_address=True, start_serving=start_serving))
     except BaseException:
         for server in servers:
             server.close()

@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from fastkv import identity
 from fastkv._native.logstore import CorruptLogError
@@ -137,15 +139,20 @@ async def _serve(node: Node, settings: Settings) -> int:
         log.info("published {Name:%s ClientURLs:[%s]} to cluster %x", node.name,
                  " ".join(settings.advertise_client_urls), node.cluster_id)
     try:
-        servers = await http.start_client_listeners(node, settings)
+        servers = await http.start_client_listeners(node, settings, start_serving=False)
     except OSError as exc:
         log.critical("cannot listen on the client URLs %s: %s", ", ".join(settings.listen_client_urls), exc)
         await node.stop()
         return 1
-    for url in settings.listen_client_urls:
-        log.info("serving client requests on %s", url)
-    log.info("ready to serve client requests")
-    await stop.wait()
+    # As etcd: clients may connect at once, but are served only once this member has joined the
+    # cluster (its attributes committed, so a leader is known); a stop signal ends the wait.
+    if await _first_of(node.wait_published(), stop.wait()) == 0:
+        for server in servers:
+            await server.start_serving()
+        for url in settings.listen_client_urls:
+            log.info("serving client requests on %s", url)
+        log.info("ready to serve client requests")
+        await stop.wait()
     log.info("received a stop signal, shutting down")
     for server in servers:
         server.close()
@@ -153,3 +160,14 @@ async def _serve(node: Node, settings: Settings) -> int:
     await asyncio.sleep(0.05)  # let the handlers of the last committed proposals write their answers
     log.info("stopped")
     return 0
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> int:
+    """Run ``waits`` until one returns; cancel the others; the position of the one that returned."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return min(tasks.index(task) for task in done)

@@ -155,6 +155,7 @@ class Node:
         self._loop_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._published: asyncio.Event | None = None
         self._snapshot_task: asyncio.Future[None] | None = None
         self._recover()
         self.raw = RawNode(self._raft_config(), self.storage)
@@ -229,6 +230,7 @@ class Node:
         background, once a leader is known."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._published = asyncio.Event()
         if self.config.listen_peer_urls:
             try:
                 await self._start_transport()
@@ -283,6 +285,14 @@ class Node:
             startup.append(self._submit_request(encode_request(
                 OP_SET, membership.VERSION_KEY, membership.CLUSTER_VERSION)))
         await asyncio.gather(*startup)
+        assert self._published is not None
+        self._published.set()
+
+    async def wait_published(self) -> None:
+        """Return once this member's attributes are committed (at once for a member alone): from
+        then on it is part of the cluster and serves clients, as etcd does after its ReadyNotify."""
+        assert self._published is not None, "start() first"
+        await self._published.wait()
 
     async def _publish_in_background(self) -> None:
         """Publish this member's attributes (retrying until it commits); the first leader also
