@@ -474,7 +474,11 @@ def test_sigquit_restart_keeps_units_running(cluster: Cluster) -> None:
     assert m1.send(signal.SIGQUIT) == 0
     assert _alive(pid)
     m1.start()
-    cluster.wait("registration taken over", lambda: "Took over the registration" in m1.log())
+    # It takes over the live registration, or registers anew if the key's short TTL ran out while
+    # the new process started (a slow machine): either way the machine never left for long enough
+    # for the engine to move its unit (the asserts below).
+    cluster.wait("registered again", lambda: "Took over the registration" in m1.log()
+                 or f"Registered Machine({IDS[0]})" in m1.log())
     ready = "Agent ready: 1 unit(s) wanted here, 1 loaded"
     cluster.wait("the new agent reconciled", lambda: ready in m1.log())
     time.sleep(1.0)  # a window in which a wrong restart or unload would show
