@@ -2,12 +2,14 @@
 
 What each operation of the ``UnitRuntime`` interface does:
 
-* ``load``: write the unit file to ``units_directory/<name>`` (mode 0644), ``LinkUnitFiles([path],
-  runtime=true, force=true)``, and for a unit with an ``[Install]`` section
-  ``EnableUnitFiles([name], runtime=true, force=true)``.
+* ``load``: write the unit file to ``units_directory/<name>`` (mode 0644), for a service the unit's
+  environment drop-in (below), ``LinkUnitFiles([path], runtime=true, force=true)``, and for a unit
+  with an ``[Install]`` section ``EnableUnitFiles([name], runtime=true, force=true)``. A load over a
+  loaded unit replaces it; when the new file has no ``[Install]`` section, ``DisableUnitFiles`` first
+  removes the links the old one's enablement made.
 * ``unload``: ``StopUnit(name, "replace")`` and wait for it; only when that worked
   ``DisableUnitFiles([name], runtime=true)`` (which removes the link too), ``ResetFailedUnit``, and the
-  file is removed.
+  file and its drop-in are removed.
 * ``start``/``stop``: ``StartUnit``/``StopUnit`` with mode ``replace``; ``stop`` waits until the stop job
   is done.
 * ``reload_daemon``: ``Reload()``.
@@ -16,6 +18,14 @@ What each operation of the ``UnitRuntime`` interface does:
 * ``units``: the unit files in ``units_directory`` of the types the agent manages, with their hashes.
 * ``status``: the unit's and service's D-Bus properties; ``journal``: ``journalctl -u <name> -n N [-f]``
   (not on the agent's hot path).
+
+The unit's environment. Every process of a service gets the variables ``environment(name)`` gives
+(fleetd: ``FLEET_UNIT``, ``FLEET_MACHINE_ID``, ``FLEET_DOCKER_LABELS``, see
+``fleetd.runtime.containers``) from a drop-in ``<dropin_directory>/<name>.d/fleet-docker.conf`` of
+``Environment=`` lines. systemd reads drop-ins only from its unit search path, not beside a linked
+file, so ``dropin_directory`` is systemd's runtime unit directory (``/run/systemd/system``, the one
+``LinkUnitFiles(runtime=true)`` links into); the ``Reload`` that follows a load makes it effective. The
+unit file itself stays fleet's text, so its hash is the registry's.
 
 A unit systemd refuses. A unit file with a bad setting is linked and systemd reports it with its own
 load state (``bad-setting``, ``error``); its start fails with systemd's message. When systemd refuses
@@ -37,12 +47,13 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetd.files import write_atomically
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState, UnitStatus
+from fleetd.runtime.containers import unit_environment
 from fleetd.runtime.dbus import (
     NO_SUCH_UNIT,
     SERVICE_INTERFACE,
@@ -67,6 +78,10 @@ STOP_WAIT = 300.0
 POLL_INTERVAL = (0.02, 0.25)
 #: Load state reported for a unit systemd refused to link or enable.
 REFUSED = "error"
+#: systemd's runtime unit directory of the system manager (LinkUnitFiles(runtime=true) links there).
+SYSTEM_RUNTIME_UNITS = "/run/systemd/system"
+#: The drop-in file that carries a unit's environment.
+ENVIRONMENT_DROPIN = "fleet-docker.conf"
 #: ``ExecMainCode`` values (``CLD_*`` of waitid) and how ``ExitStatus`` names them.
 _EXIT_CODES = {1: "exited", 2: "killed", 3: "killed"}
 
@@ -75,16 +90,38 @@ def _error_text(err: Exception) -> str:
     return str(err) or type(err).__name__
 
 
+def environment_dropin(variables: Mapping[str, str]) -> str:
+    """A ``[Service]`` drop-in setting ``variables``: one quoted ``Environment=`` line each, with
+    backslashes, quotes and ``%`` escaped, so that systemd passes every value on verbatim."""
+    def quoted(key: str, value: str) -> str:
+        text = f"{key}={value}".replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+        return f'Environment="{text}"'
+    return "[Service]\n" + "".join(quoted(k, v) + "\n" for k, v in sorted(variables.items()))
+
+
+def runtime_units_directory(user: bool = False) -> Path:
+    """systemd's runtime unit directory: the system manager's, or ``$XDG_RUNTIME_DIR/systemd/user``
+    for ``systemd --user``."""
+    if not user:
+        return Path(SYSTEM_RUNTIME_UNITS)
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}") / "systemd" / "user"
+
+
 class SystemdRuntime:
     """Units run by systemd through its D-Bus API; see the module docstring for the contract."""
 
     def __init__(self, units_directory: str | Path, manager: SystemdManager | None = None, *,
-                 journalctl: str = "journalctl", by_names: bool = True) -> None:
+                 journalctl: str = "journalctl", by_names: bool = True,
+                 environment: Callable[[str], Mapping[str, str]] | None = None,
+                 dropin_directory: str | Path = SYSTEM_RUNTIME_UNITS) -> None:
         """``manager`` defaults to systemd on the system bus; ``by_names=False`` reads states as on a
-        systemd without ``ListUnitsByNames``."""
+        systemd without ``ListUnitsByNames``; ``environment(name)``: the variables of a service's
+        processes, written as a drop-in under ``dropin_directory`` (none without ``environment``)."""
         self.directory = Path(units_directory)
         self.manager = manager or SystemdManager()
         self.journalctl = journalctl
+        self.environment = environment
+        self.dropin_directory = Path(dropin_directory)
         self._by_names = by_names
         self._last: dict[str, UnitRuntimeState] = {}
 
@@ -106,16 +143,42 @@ class SystemdRuntime:
     def _has(self, name: str) -> bool:
         return self._path(name).is_file()
 
+    def _dropin_path(self, name: str) -> Path:
+        return self.dropin_directory / f"{name}.d" / ENVIRONMENT_DROPIN
+
+    def _write_environment(self, name: str) -> None:
+        """Write the service's environment drop-in (services only: only they run processes here)."""
+        if self.environment is None or not name.endswith(".service"):
+            return
+        path = self._dropin_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, environment_dropin(self.environment(name)))
+        os.chmod(path, 0o644)
+
+    def _remove_environment(self, name: str) -> None:
+        """Remove the drop-in and its directory (if nothing else is left in it)."""
+        path = self._dropin_path(name)
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
     # -- the runtime interface -------------------------------------------------------------------------
 
     async def load(self, name: str, unit: UnitFile) -> None:
         """Write, link and (with ``[Install]``) enable ``unit`` as ``name``; see the module docstring."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(name)
-        write_atomically(path, unit.text)
-        os.chmod(path, 0o644)
+        replaced = self._has(name)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, unit.text)
+            os.chmod(path, 0o644)
+            self._write_environment(name)
+        except OSError as err:
+            raise UnitRuntimeError(f"cannot load {name}: {err}") from None
         self._refusal_path(name).unlink(missing_ok=True)
         try:
+            if replaced and not unit.has_install_section:  # the old file's enablement must not outlive it
+                await self._disable(name)
             await self.manager.link_unit_files([str(path)], runtime=True, force=True)
             if unit.has_install_section:
                 await self.manager.enable_unit_files([name], runtime=True, force=True)
@@ -124,6 +187,7 @@ class SystemdRuntime:
             write_atomically(self._refusal_path(name), f"systemd refused the unit: {err}")
         except DBusUnavailable as err:  # systemd may not have seen the file: leave nothing behind
             path.unlink(missing_ok=True)
+            self._remove_environment(name)
             raise UnitRuntimeError(f"cannot load {name}: {err}") from None
 
     async def _undo_links(self, name: str) -> None:
@@ -151,6 +215,7 @@ class SystemdRuntime:
             raise UnitRuntimeError(f"cannot unload {name}: {_error_text(err)}") from None
         self._path(name).unlink(missing_ok=True)
         self._refusal_path(name).unlink(missing_ok=True)
+        self._remove_environment(name)
         self._last.pop(name, None)
 
     async def start(self, name: str) -> None:
@@ -331,7 +396,10 @@ def _describe_exit(service: dict[str, Any]) -> str:
 
 def create(config: FleetConfig, machine_id: str) -> SystemdRuntime:
     """The runtime ``fleetd`` uses for ``runtime = systemd``: systemd on the system bus (the session bus
-    with ``systemd_user``), unit files in ``units_directory``."""
-    del machine_id  # systemd knows its machine
+    with ``systemd_user``), unit files in ``units_directory``, every service given the variables of
+    ``fleetd.runtime.containers.unit_environment`` (``$FLEET_DOCKER_LABELS``...). ``fleetd`` wraps it in
+    the container tracking, as every runtime that does not track containers itself."""
     bus = "SESSION" if config.systemd_user else "SYSTEM"
-    return SystemdRuntime(config.units_directory, SystemdManager(bus))
+    return SystemdRuntime(config.units_directory, SystemdManager(bus),
+                          environment=lambda name: unit_environment(name, machine_id),
+                          dropin_directory=runtime_units_directory(config.systemd_user))

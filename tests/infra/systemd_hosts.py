@@ -3,14 +3,18 @@
 
 Each ``SystemdHost`` is one container with the project bind-mounted read-only at ``/opt/fleet``; it can
 run a fleetd as a transient systemd unit (``fleetd.service``) against a registry on the Docker bridge.
-``bridge_etcd`` starts the reference etcd listening on 127.0.0.1 and on the bridge's gateway address,
-so fleetds in containers and tools on this machine reach the same registry. Everything is removed by
-the IDs this module created; traffic goes only to those containers and the bridge gateway.
+``bridge_registry`` starts a fastkv cluster whose members listen on 127.0.0.1 and on the bridge's
+gateway address, so fleetds in containers and tools on this machine reach the same registry. A host
+started ``with_docker`` has this machine's Docker engine: its socket and the ``docker`` client are
+mounted in, so units in the container run ``docker run`` and fleetd tracks their containers (the
+image has the Docker SDK). Everything is removed by the IDs this module created; traffic goes only to
+those containers and the bridge gateway.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -18,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests import harness
+from tests.infra.bridge import bridge_gateway, docker
 
 IMAGE = "systemd-host:local"
+#: The image's version label as tests/infra/systemd_image.sh builds it now.
+IMAGE_LABEL, IMAGE_VERSION = "fleet.systemd-image.version", "2"
 REPO = Path(__file__).resolve().parents[2]
 #: Where the project and fleetd's Python dependencies are inside a container.
 MOUNT = "/opt/fleet"
@@ -29,47 +36,46 @@ API_PORT = 54728
 RUN_FLAGS = ("--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
              "--security-opt", "apparmor=unconfined", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
              "--tmpfs", "/run", "--tmpfs", "/run/lock", "-e", "container=docker")
-
-
-def docker(*args: str, check: bool = True, stdin: str | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the docker client; ``RuntimeError`` with its output when ``check`` and it fails."""
-    done = subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} exited with {done.returncode}: {done.stderr.strip()}")
-    return done
+#: This machine's Docker engine socket (also the default socket inside the containers).
+DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 def image_exists() -> bool:
-    """True when ``systemd-host:local`` has been built."""
-    return docker("image", "inspect", IMAGE, check=False).returncode == 0
+    """True when ``systemd-host:local`` has been built, in the version the tests expect."""
+    shown = f'{{{{index .Config.Labels "{IMAGE_LABEL}"}}}}'
+    label = docker("image", "inspect", "-f", shown, IMAGE, check=False)
+    return label.returncode == 0 and label.stdout.strip() == IMAGE_VERSION
 
 
-def bridge_gateway() -> str:
-    """The address of this machine on Docker's default bridge (what containers reach it at): the
-    network's gateway, else the IPv4 address of its bridge interface (docker0)."""
-    gateway = docker("network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}").stdout
-    if gateway.strip():
-        return gateway.strip()
-    bridge = docker("network", "inspect", "bridge", "-f",
-                    '{{index .Options "com.docker.network.bridge.name"}}').stdout.strip() or "docker0"
-    shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True,
-                           check=True, timeout=10).stdout.split()
-    return shown[shown.index("inet") + 1].split("/")[0]
+def bridge_registry(tmp: Path, size: int = 3) -> list[harness.Server]:
+    """A started fastkv cluster of ``size`` members, each serving clients on 127.0.0.1 and on the bridge
+    gateway (the URL it advertises): what fleetds in containers and tools here both reach."""
+    servers = harness.fastkv_cluster(tmp, size, client_host=bridge_gateway())
+    try:
+        return harness.start_all(servers)
+    except BaseException:
+        stop_servers(servers)
+        raise
 
 
-def bridge_etcd(tmp: Path, gateway: str) -> harness.Server:
-    """The reference etcd (v2 on), clients on 127.0.0.1 and ``gateway`` on one port (not started)."""
-    client_port, peer_port = harness.free_port(), harness.free_port()
-    peer = f"http://127.0.0.1:{peer_port}"
-    args = [harness.REFERENCE_ETCD, "--name", "bridge", "--data-dir", str(tmp / "bridge.etcd"), "--enable-v2",
-            "--listen-client-urls", f"http://127.0.0.1:{client_port},http://{gateway}:{client_port}",
-            "--advertise-client-urls", f"http://{gateway}:{client_port}",
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"bridge={peer}"]
-    return harness.Server("etcd", "bridge", client_port, peer_port, tmp / "bridge.etcd", args,
-                          tmp / "bridge.etcd.log")
+def stop_servers(servers: Iterable[harness.Server]) -> None:
+    """Stop every server of ``servers`` that was started."""
+    for server in servers:
+        server.stop()
+
+
+def bridge_urls(servers: Iterable[harness.Server]) -> list[str]:
+    """The client URLs of ``servers`` on the bridge gateway (the ones containers use)."""
+    gateway = bridge_gateway()
+    return [f"http://{gateway}:{server.client_port}" for server in servers]
+
+
+def docker_mounts() -> list[tuple[str, str]]:
+    """(source, target) pairs that give a container this machine's Docker engine and client."""
+    client = shutil.which("docker")
+    if client is None or not os.path.exists(DOCKER_SOCKET):
+        raise RuntimeError("no Docker engine here: run tests/infra/docker.sh")
+    return [(DOCKER_SOCKET, DOCKER_SOCKET), (client, "/usr/bin/docker")]
 
 
 @dataclass
@@ -123,6 +129,20 @@ class SystemdHost:
         """``systemctl stop fleetd`` (SIGTERM: fleet's graceful purge)."""
         self.exec("systemctl", "stop", "fleetd", check=False, timeout=60)
 
+    def crash_fleetd(self, timeout: float = 30) -> None:
+        """SIGKILL fleetd (a crash) and wait until systemd has seen it die; its units run on."""
+        self.exec("systemctl", "kill", "--signal=KILL", "fleetd", check=False)
+        deadline = time.monotonic() + timeout
+        while self.systemctl("is-active", "fleetd").strip() in ("active", "deactivating"):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.name}: fleetd still runs {timeout}s after SIGKILL")
+            time.sleep(0.1)
+
+    def restart_fleetd(self) -> None:
+        """Start fleetd again with the configuration it had (after a crash or a stop)."""
+        self.exec("systemctl", "reset-failed", "fleetd", check=False)  # a crashed run's unit stays failed
+        self.start_fleetd(self.fleetd_config)
+
     def journal(self, unit: str, lines: int = 200) -> str:
         """The last ``lines`` journal lines of ``unit``."""
         return self.exec("journalctl", "--no-pager", "-q", "-u", unit, "-n", str(lines), check=False).stdout
@@ -138,12 +158,15 @@ class SystemdHost:
             self.removed = True
 
 
-def start_hosts(names: Sequence[str], mounts: Iterable[tuple[str, str]] = (),
+def start_hosts(names: Sequence[str], mounts: Iterable[tuple[str, str]] = (), *, with_docker: bool = False,
                 timeout: float = 60) -> list[SystemdHost]:
     """Start one container per name (the project mounted at ``/opt/fleet``, plus ``mounts`` as
-    (source, target) pairs) and wait until each has booted."""
+    (source, target) pairs, plus this machine's Docker engine and client ``with_docker``) and wait
+    until each has booted."""
     if not image_exists():
-        raise RuntimeError(f"{IMAGE} does not exist: run tests/infra/systemd_image.sh")
+        raise RuntimeError(f"{IMAGE} (version {IMAGE_VERSION}) does not exist: "
+                           "run tests/infra/systemd_image.sh")
+    mounts = [*mounts, *(docker_mounts() if with_docker else [])]
     volumes = [arg for source, target in mounts for arg in ("-v", f"{source}:{target}")]
     hosts: list[SystemdHost] = []
     try:

@@ -1,10 +1,14 @@
 """fleet's functional scenarios on machines booted with systemd: three containers with systemd as PID 1,
-each running fleetd as a systemd unit (``runtime = auto`` picks systemd there) against the reference
-etcd on the Docker bridge; units are driven with ``fleetctl`` from this machine through a container's
-API, and what systemd runs is checked with ``systemctl`` inside the containers."""
+each running fleetd as a systemd unit (``runtime = auto`` picks systemd there) against a 3-member
+fastkv cluster on the Docker bridge (every fleetd knows all three members); units are driven with
+``fleetctl`` from this machine through a container's API, and what systemd runs is checked with
+``systemctl`` inside the containers. The containers have this machine's Docker engine, so a unit's
+``docker run`` starts a real container that fleetd tracks."""
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,11 +21,13 @@ import pytest
 from fleetd.unit import UnitFile
 from tests import harness
 from tests.fleetd.test_fleetctl import Fleetctl
-from tests.infra import systemd_hosts
+from tests.infra import bridge, systemd_hosts
 from tests.infra.systemd_hosts import API_PORT, SystemdHost
 
 PREFIX = "/fleet-systemd/"
 UNITS_DIR = "/run/fleet/units"
+#: Each host's role (its metadata besides ``hostname``).
+ROLES = ("web", "web", "db")
 
 
 def looping(word: str, extra: str = "", unit: str = "") -> str:
@@ -56,14 +62,22 @@ class Fleet:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.hosts: list[SystemdHost] = []
-        self.etcd = systemd_hosts.bridge_etcd(tmp, systemd_hosts.bridge_gateway()).start()
-        self.hosts = systemd_hosts.start_hosts(systemd_hosts.unique_names("fleet-sd", 3))
-        etcd_url = f"http://{systemd_hosts.bridge_gateway()}:{self.etcd.client_port}"
-        for host in self.hosts:
-            host.start_fleetd(f"etcd_servers = {etcd_url}\netcd_key_prefix = {PREFIX}\n"
-                              f"metadata = hostname={host.name}\nagent_ttl = 3s\n"
-                              f"engine_reconcile_interval = 0.5\napi_listen = 0.0.0.0:{API_PORT}\n")
-        self.ids = {host.machine_id(): host for host in self.hosts}
+        self.ids: dict[str, SystemdHost] = {}
+        self.registry = systemd_hosts.bridge_registry(tmp, 3)
+        try:
+            names = systemd_hosts.unique_names("fleet-sd", 3)
+            self.hosts = systemd_hosts.start_hosts(names, with_docker=True)
+            urls = systemd_hosts.bridge_urls(self.registry)
+            for i, (host, role) in enumerate(zip(self.hosts, ROLES, strict=True)):
+                servers = ",".join(urls[i:] + urls[:i])  # each machine prefers another member
+                host.start_fleetd(f"etcd_servers = {servers}\netcd_key_prefix = {PREFIX}\n"
+                                  f"metadata = hostname={host.name},role={role}\nagent_ttl = 5s\n"
+                                  f"engine_reconcile_interval = 0.5\napi_listen = 0.0.0.0:{API_PORT}\n")
+            self.ids = {host.machine_id(): host for host in self.hosts}
+        except BaseException:
+            self.close()
+            raise
+        self.roles = {mid: role for (mid, _), role in zip(self.ids.items(), ROLES, strict=True)}
         self.dead: set[str] = set()
 
     def fleetctl(self, *args: str) -> Any:
@@ -84,17 +98,31 @@ class Fleet:
     def write(self, name: str, text: str) -> None:
         (self.tmp / name).write_text(text)
 
-    def units(self) -> dict[str, Listed]:
-        """``fleetctl list-units``: name -> where and in which state it runs ("" machine = nowhere)."""
+    def rows(self) -> list[tuple[str, Listed]]:
+        """``fleetctl list-units``: (name, where and in which state it runs), one row per machine of a
+        unit ("" machine = nowhere)."""
         fields = "unit,machine,load,active,sub"
         done = self.fleetctl("list-units", "--full", "--no-legend", "--fields", fields)
         if done.returncode != 0:
-            return {}
-        rows = {}
+            return []
+        rows = []
         for line in done.stdout.splitlines():
             name, machine, load, active, sub = (line.split() + ["-"] * 5)[:5]
-            rows[name] = Listed(machine.split("/")[0].strip("-"), load, active, sub)
+            rows.append((name, Listed(machine.split("/")[0].strip("-"), load, active, sub)))
         return rows
+
+    def units(self) -> dict[str, Listed]:
+        """``rows`` by unit name (the last row of a global unit)."""
+        return dict(self.rows())
+
+    def running(self, name: str, exclude: str = "") -> str:
+        """The machine where ``name`` is listed as running (not ``exclude``) and systemd there says it is
+        active; ``""`` when there is none yet."""
+        row = self.units().get(name)
+        if row is None or row.state != "loaded/active/running" or row.machine in ("", exclude):
+            return ""
+        active = self.host_of(row.machine).systemctl("is-active", name).strip()
+        return row.machine if active == "active" else ""
 
     def host_of(self, machine_id: str) -> SystemdHost:
         return self.ids[machine_id]
@@ -118,10 +146,16 @@ class Fleet:
         raise AssertionError(f"timed out waiting for {what}\n{state}\n{logs}")
 
     def jobs(self) -> str:
-        """The registry's ``job/`` directory as etcd returns it (for failure messages)."""
-        url = f"{self.etcd.url}/v2/keys{PREFIX}job?recursive=true&sorted=true"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return str(answer.read().decode())
+        """The registry's ``job/`` directory as the first member that answers returns it (for failure
+        messages)."""
+        for server in self.registry:
+            try:
+                url = f"{server.url}/v2/keys{PREFIX}job?recursive=true&sorted=true"
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    return str(answer.read().decode())
+            except OSError as err:
+                error = err
+        return f"no member answers: {error}"
 
     def wait_states(self, wanted: dict[str, str], timeout: float = 30.0) -> dict[str, Listed]:
         """Wait until every named unit shows the ``load/active/sub`` state given for it."""
@@ -135,13 +169,32 @@ class Fleet:
         self.wait(f"{names} gone from every machine", lambda: not any(
             set(names) & set(self.unit_files(h)) for h in self.hosts if h.name not in self.dead))
 
+    def containers(self, *labels: str) -> list[dict[str, Any]]:
+        """``docker inspect`` of every container of this fleet's machines carrying ``labels`` (``k=v``)."""
+        found: list[dict[str, Any]] = []
+        for machine_id in self.ids:
+            wanted = (f"fleet.machine={machine_id}", *labels)
+            filters = [arg for label in wanted for arg in ("--filter", f"label={label}")]
+            ids = systemd_hosts.docker("ps", "-aq", *filters).stdout.split()
+            found += json.loads(systemd_hosts.docker("inspect", *ids).stdout) if ids else []
+        return found
+
+    def running_containers(self, *labels: str) -> list[dict[str, Any]]:
+        """``containers(*labels)`` that are running."""
+        return [c for c in self.containers(*labels) if c["State"]["Running"]]
+
     def close(self) -> None:
+        """Remove the machines, the containers their units left, and stop the registry."""
+        ids = [c["Id"] for c in self.containers()] if self.ids else []
         systemd_hosts.remove_hosts(self.hosts)
-        self.etcd.stop()
+        if ids:
+            systemd_hosts.docker("rm", "-f", *ids, check=False)
+        systemd_hosts.stop_servers(self.registry)
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    bridge.ensure_docker()  # the engine and busybox:local, for the Docker units
     fleet = Fleet(tmp_path_factory.mktemp("fleet-systemd"))
     try:
         fleet.wait("three machines", lambda: fleet.machine_count() == 3, timeout=60)
@@ -150,11 +203,40 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         fleet.close()
 
 
+@pytest.fixture(autouse=True)
+def no_units_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the shared machines, destroy the units a failed test left, so that one failure
+    does not spill into the tests after it."""
+    yield
+    if "fleet" in request.fixturenames:
+        fleet: Fleet = request.getfixturevalue("fleet")
+        left = fleet.ok("list-unit-files", "--full", "--no-legend", "--fields", "unit").split()
+        if left:
+            fleet.destroy(*left)
+
+
 def test_machines_are_the_containers(fleet: Fleet) -> None:
     listed = fleet.ok("list-machines", "--full", "--no-legend", "--fields", "machine,ip,metadata")
     rows = sorted(line.split() for line in listed.splitlines())
-    assert rows == sorted([mid, host.ip, f"hostname={host.name}"] for mid, host in fleet.ids.items())
+    assert rows == sorted([mid, host.ip, f"hostname={host.name},role={fleet.roles[mid]}"]
+                          for mid, host in fleet.ids.items())
     assert len(set(fleet.ids)) == 3  # each container booted with a machine ID of its own
+    for host in fleet.hosts:  # every fleetd holds all three members of the registry
+        servers = host.exec("sed", "-n", "s/^etcd_servers = //p", "/etc/fleet/fleet.conf").stdout.strip()
+        assert sorted(servers.split(",")) == sorted(systemd_hosts.bridge_urls(fleet.registry))
+
+
+def test_units_are_spread_over_idle_machines(fleet: Fleet) -> None:
+    """Three units on three idle machines: one each, running in that machine's systemd."""
+    names = ["a.service", "b.service", "c.service"]
+    for name in names:
+        fleet.write(name, looping(name))
+    fleet.ok("start", "--no-block", *names)
+    placed = [fleet.wait(f"{name} running", functools.partial(fleet.running, name)) for name in names]
+    assert sorted(placed) == sorted(fleet.ids)
+    for name, machine in zip(names, placed, strict=True):
+        assert fleet.unit_files(fleet.host_of(machine)) == [name]
+    fleet.destroy(*names)
 
 
 def test_systemd_unit_flow(fleet: Fleet) -> None:
@@ -249,6 +331,136 @@ def test_schedule_conflicts(fleet: Fleet) -> None:
     fleet.destroy(*names)
 
 
+def test_global_unit_runs_on_every_machine_its_metadata_matches(fleet: Fleet) -> None:
+    """``Global=true`` with ``MachineMetadata=role=web``: one copy on each web machine, none elsewhere."""
+    fleet.write("mon.service", looping("mon", "Global=true\nMachineMetadata=role=web\n"))
+    fleet.ok("start", "--no-block", "mon.service")
+    web = sorted(mid for mid, role in fleet.roles.items() if role == "web")
+
+    def everywhere() -> list[str] | None:
+        running = sorted(row.machine for name, row in fleet.rows()
+                         if name == "mon.service" and row.state == "loaded/active/running")
+        return running if running == web else None
+
+    fleet.wait("mon.service on both web machines", everywhere)
+    for machine_id, host in fleet.ids.items():
+        wanted = "active" if machine_id in web else "inactive"
+        assert host.systemctl("is-active", "mon.service").strip() == wanted, host.name
+        assert fleet.unit_files(host) == (["mon.service"] if machine_id in web else [])
+    fleet.destroy("mon.service")
+
+
+def test_template_instances_land_where_their_specifiers_say(fleet: Fleet) -> None:
+    """Instances of templates, placed by ``%i`` in ``[X-Fleet]``: ``meta@db`` on the db machine,
+    ``pin@<machine ID>`` on that machine; each runs there as an instance unit of systemd."""
+    db = next(mid for mid, role in fleet.roles.items() if role == "db")
+    pinned = next(mid for mid in fleet.ids if mid != db)
+    fleet.write("meta@.service", looping("meta %i", "MachineMetadata=role=%i\n"))
+    fleet.write("pin@.service", looping("pin %i", "MachineID=%i\n"))
+    fleet.ok("start", "--no-block", "meta@db.service", f"pin@{pinned}.service")
+    assert fleet.wait("meta@db running", lambda: fleet.running("meta@db.service")) == db
+    assert fleet.wait("pin running", lambda: fleet.running(f"pin@{pinned}.service")) == pinned
+    host = fleet.host_of(db)
+    assert host.unit_property("meta@db.service", "Id") == "meta@db.service"
+    fleet.wait("meta@db output", lambda: "meta db" in fleet.ok("journal", "--lines", "3", "meta@db.service"))
+    fleet.destroy("meta@db.service", f"pin@{pinned}.service")
+
+
+def test_replaces_takes_the_machine_and_moves_the_replaced_unit(fleet: Fleet) -> None:
+    """``Replaces=replace.0.service`` bound to replace.0's machine: the replacing unit runs there and
+    replace.0 moves to another machine (stopped and unloaded in the first machine's systemd)."""
+    fleet.write("replace.0.service", looping("replaced"))
+    fleet.ok("start", "--no-block", "replace.0.service")
+    first = fleet.wait("replace.0 running", lambda: fleet.running("replace.0.service"))
+    pin = f"MachineMetadata=hostname={fleet.host_of(first).name}\n"  # fleetctl refuses MachineID here
+    fleet.write("replace-kick0.service", looping("kick", f"Replaces=replace.0.service\n{pin}"))
+    fleet.ok("start", "--no-block", "replace-kick0.service")
+    assert fleet.wait("kick running", lambda: fleet.running("replace-kick0.service")) == first
+    fleet.wait("replace.0 moved", lambda: fleet.running("replace.0.service", exclude=first))
+    host = fleet.host_of(first)
+    fleet.wait("replace.0 unloaded on the first machine",
+               lambda: fleet.unit_files(host) == ["replace-kick0.service"])
+    assert host.systemctl("is-active", "replace.0.service").strip() == "inactive"
+    fleet.destroy("replace.0.service", "replace-kick0.service")
+
+
+def docker_unit(container: str, machine_id: str) -> str:
+    """A unit whose ``docker run`` (foreground, no ``--rm``: removing it is fleetd's job) hands its
+    container to fleetd with ``$FLEET_DOCKER_LABELS``, pinned to ``machine_id``."""
+    return ("[Unit]\nDescription=busybox in Docker\n\n[Service]\n"
+            f"ExecStart=/usr/bin/docker run --pull=never --name {container} $FLEET_DOCKER_LABELS "
+            "busybox:local sh -c 'trap \"exit 0\" TERM; while true; do echo hello from docker; sleep 1; done'"
+            "\n\n"
+            f"[X-Fleet]\nMachineID={machine_id}\n")
+
+
+def test_docker_unit_container_is_tracked(fleet: Fleet) -> None:
+    """A ``docker run`` unit under systemd: its processes get ``$FLEET_DOCKER_LABELS`` from fleetd's
+    drop-in, so the container carries the unit's and machine's labels; ``status`` shows the running
+    container, ``journal`` its output; stop removes it (a start after that does not conflict on the
+    name), destroy removes the new one."""
+    machine_id, host = next(iter(fleet.ids.items()))
+    container = f"sd-docker-{host.name}"
+    labels = ("fleet.unit=docker.service",)
+    fleet.write("docker.service", docker_unit(container, machine_id))
+    fleet.ok("start", "--no-block", "docker.service")
+    assert fleet.wait("docker.service running", lambda: fleet.running("docker.service")) == machine_id
+    running = fleet.wait("its container", lambda: fleet.running_containers(*labels))
+    assert [c["Name"] for c in running] == [f"/{container}"]
+    assert running[0]["Config"]["Labels"] == {"fleet.unit": "docker.service", "fleet.machine": machine_id}
+    environment = host.systemctl("show", "-p", "Environment", "--value", "docker.service")
+    assert "FLEET_UNIT=docker.service" in environment and f"FLEET_MACHINE_ID={machine_id}" in environment
+    status = fleet.ok("status", "docker.service")
+    assert "Active: active (running)" in status
+    assert f"Container: {running[0]['Id'][:12]} {container} running (busybox:local)" in status
+    fleet.wait("the container's output in the journal",
+               lambda: "hello from docker" in fleet.ok("journal", "docker.service"))
+
+    fleet.ok("stop", "--no-block", "docker.service")
+    fleet.wait_states({"docker.service": "loaded/inactive/dead"})
+    fleet.wait("container removed on stop", lambda: not fleet.containers(*labels))
+    fleet.ok("start", "--no-block", "docker.service")
+    fleet.wait("docker.service running again", lambda: fleet.running("docker.service"))
+    again = fleet.wait("a new container", lambda: fleet.running_containers(*labels))
+    assert len(again) == 1 and again[0]["Id"] != running[0]["Id"]
+    fleet.destroy("docker.service")
+    fleet.wait("container removed on destroy", lambda: not fleet.containers(*labels))
+    assert host.exec("test", "-e", "/run/systemd/system/docker.service.d", check=False).returncode != 0
+
+
+def test_docker_unit_survives_a_fleetd_crash_and_goes_with_a_drain(fleet: Fleet) -> None:
+    """A fleetd killed with SIGKILL and started again finds its Docker unit still running under systemd
+    and keeps its one container (no orphan, no duplicate); a fleetd stopped with SIGTERM (a drain)
+    takes the unit and its container down with it, and runs it again when it is back."""
+    machine_id, host = list(fleet.ids.items())[1]
+    labels = ("fleet.unit=crash.service",)
+    fleet.write("crash.service", docker_unit(f"sd-crash-{host.name}", machine_id))
+    fleet.ok("start", "--no-block", "crash.service")
+    fleet.wait("crash.service running", lambda: fleet.running("crash.service"))
+    (first,) = fleet.wait("its container", lambda: fleet.running_containers(*labels))
+
+    host.crash_fleetd()
+    assert host.systemctl("is-active", "crash.service").strip() == "active"  # systemd's unit, not fleetd's
+    host.restart_fleetd()
+    fleet.wait("the machine back", lambda: fleet.machine_count() == 3)
+    assert fleet.wait("crash.service running", lambda: fleet.running("crash.service")) == machine_id
+    assert [c["Id"] for c in fleet.containers(*labels)] == [first["Id"]]  # adopted, not started again
+
+    fleet.dead.add(host.name)
+    host.stop_fleetd()
+    assert not fleet.containers(*labels)  # the purge stopped the unit and removed its container
+    assert host.systemctl("is-active", "crash.service").strip() == "inactive"
+    assert not fleet.unit_files(host)
+    host.restart_fleetd()
+    fleet.dead.discard(host.name)
+    fleet.wait("the machine back", lambda: fleet.machine_count() == 3)
+    fleet.wait("crash.service running again", lambda: fleet.running("crash.service"))
+    (second,) = fleet.wait("a new container", lambda: fleet.running_containers(*labels))
+    assert second["Id"] != first["Id"]
+    fleet.destroy("crash.service")
+    fleet.wait("container removed on destroy", lambda: not fleet.containers(*labels))
+
+
 def test_schedule_machine_of(fleet: Fleet) -> None:
     """TestScheduleMachineOf: pong.N runs where ping.N runs; when the machine of ping.1 dies, ping.1 and
     pong.1 move together to another machine."""
@@ -281,10 +493,11 @@ def test_schedule_machine_of(fleet: Fleet) -> None:
 
 
 def test_image_holds_what_fleetd_needs() -> None:
-    """The image's Python runs fleetd's imports (checked without starting a container's systemd)."""
+    """The image's Python runs fleetd's imports and has the Docker SDK (checked without starting a
+    container's systemd)."""
     done = systemd_hosts.docker(
         "run", "--rm", "-e", f"PYTHONPATH={systemd_hosts.MOUNT}:{systemd_hosts.DEPS}", "-v",
         f"{systemd_hosts.REPO}:{systemd_hosts.MOUNT}:ro", systemd_hosts.IMAGE, "/usr/bin/python3", "-c",
-        "import fleetd.daemon, fleetd.api.server, fleetd.runtime.systemd; print('ok')")
+        "import fleetd.daemon, fleetd.api.server, fleetd.runtime.systemd, docker; print('ok')")
     assert done.stdout.strip() == "ok"
     assert harness.free_port() > 0

@@ -1,7 +1,8 @@
 """The systemd runtime against a real systemd: a container booted with systemd whose system bus socket
-(``/run/dbus``) and units directory are directories of this machine, so the runtime runs here, in the
-test process, and talks D-Bus to the container's systemd exactly as fleetd does on a systemd host.
-What systemd ends up with is checked with ``systemctl`` inside the container."""
+(``/run/dbus``), systemd's runtime unit directory (``/run/systemd/system``, where the links and the
+environment drop-ins go) and the units directory are directories of this machine, so the runtime runs
+here, in the test process, and talks D-Bus to the container's systemd exactly as fleetd does on a
+systemd host. What systemd ends up with is checked with ``systemctl`` inside the container."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import TypeVar
 import pytest
 
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError
+from fleetd.runtime.containers import unit_environment
 from fleetd.runtime.dbus import SystemdManager
-from fleetd.runtime.systemd import SystemdRuntime
+from fleetd.runtime.systemd import ENVIRONMENT_DROPIN, SYSTEM_RUNTIME_UNITS, SystemdRuntime
 from fleetd.unit import UnitFile
 from tests.infra import systemd_hosts
 from tests.infra.systemd_hosts import SystemdHost
@@ -30,23 +32,35 @@ DISCOVERY = UnitFile.from_text(
     "[Install]\nWantedBy=hello.service\n")
 NO_EXEC = UnitFile.from_text("[Service]\nType=simple\n")
 BAD_ALIAS = UnitFile.from_text("[Service]\nExecStart=/bin/sleep 1000\n\n[Install]\nAlias=other.socket\n")
+#: Prints how many words ``$FLEET_DOCKER_LABELS`` splits into (systemd's rule for an unbraced ``$VAR``),
+#: then the other variables.
+ENVIRONMENT = UnitFile.from_text(
+    '[Service]\nExecStart=/bin/sh -c \'echo "words=$$#"; echo "unit=$FLEET_UNIT machine=$FLEET_MACHINE_ID"; '
+    'echo "odd=$ODD"; exec sleep 1000\' labels $FLEET_DOCKER_LABELS\n')
+MACHINE_ID = "0123456789abcdef0123456789abcdef"
+#: A value that only arrives verbatim when the drop-in escapes it (systemd's specifiers, quotes, escapes).
+ODD = '100% "quoted" back\\slash %i'
 
 
 class Machine:
     """The container and where its bus and units directory are on this machine."""
 
-    def __init__(self, host: SystemdHost, bus_dir: Path, units_dir: Path) -> None:
+    def __init__(self, host: SystemdHost, bus_dir: Path, units_dir: Path, runtime_dir: Path) -> None:
         self.host = host
         self.bus_address = f"unix:path={bus_dir}/system_bus_socket"
         self.units_dir = units_dir
+        self.runtime_dir = runtime_dir
 
-    def runtime(self, **options: bool) -> SystemdRuntime:
-        return SystemdRuntime(self.units_dir, SystemdManager(self.bus_address), **options)
+    def runtime(self, by_names: bool = True) -> SystemdRuntime:
+        """A runtime as fleetd makes it (every service gets ``unit_environment``), on this machine."""
+        return SystemdRuntime(self.units_dir, SystemdManager(self.bus_address),
+                              environment=lambda name: {**unit_environment(name, MACHINE_ID), "ODD": ODD},
+                              dropin_directory=self.runtime_dir, by_names=by_names)
 
-    def run(self, action: Callable[[SystemdRuntime], Awaitable[T]], **options: bool) -> T:
+    def run(self, action: Callable[[SystemdRuntime], Awaitable[T]], by_names: bool = True) -> T:
         """Run ``action`` with a fresh runtime on a fresh event loop, closing the runtime afterwards."""
         async def main() -> T:
-            runtime = self.runtime(**options)
+            runtime = self.runtime(by_names)
             try:
                 return await action(runtime)
             finally:
@@ -57,16 +71,17 @@ class Machine:
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     tmp = tmp_path_factory.mktemp("systemd-runtime")
-    bus_dir, units_dir = tmp / "dbus", tmp / "units"
-    bus_dir.mkdir()
-    units_dir.mkdir()
-    mounts = [(str(bus_dir), "/run/dbus"), (str(units_dir), str(units_dir))]
+    bus_dir, units_dir, runtime_dir = tmp / "dbus", tmp / "units", tmp / "systemd-system"
+    for directory in (bus_dir, units_dir, runtime_dir):
+        directory.mkdir()
+    mounts = [(str(bus_dir), "/run/dbus"), (str(units_dir), str(units_dir)),
+              (str(runtime_dir), SYSTEM_RUNTIME_UNITS)]
     (host,) = systemd_hosts.start_hosts(systemd_hosts.unique_names("fleet-rt", 1), mounts=mounts)
     try:
         deadline = time.monotonic() + 30
         while not (bus_dir / "system_bus_socket").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        yield Machine(host, bus_dir, units_dir)
+        yield Machine(host, bus_dir, units_dir, runtime_dir)
     finally:
         host.remove()
 
@@ -144,6 +159,58 @@ def test_install_section_enables_the_unit(machine: Machine) -> None:
     machine.run(install)
     enabled = host.systemctl("is-enabled", "discovery.service").strip()
     assert enabled not in ("enabled-runtime", "linked-runtime")
+    assert not list(machine.units_dir.iterdir())
+
+
+def test_services_get_the_unit_environment_from_a_drop_in(machine: Machine) -> None:
+    """Every process of a service sees ``FLEET_UNIT``, ``FLEET_MACHINE_ID`` and ``FLEET_DOCKER_LABELS``
+    (four words in an ExecStart line, as ``docker run`` needs them) through a drop-in in systemd's
+    runtime unit directory; the unit file stays fleet's text; unload removes the drop-in."""
+    host = machine.host
+    dropin = machine.runtime_dir / "env.service.d" / ENVIRONMENT_DROPIN
+
+    async def environment(runtime: SystemdRuntime) -> None:
+        await runtime.load("env.service", ENVIRONMENT)
+        await runtime.reload_daemon()
+        assert (machine.units_dir / "env.service").read_text() == ENVIRONMENT.text
+        assert await runtime.units() == {"env.service": ENVIRONMENT.hash.hex}
+        assert host.unit_property("env.service", "DropInPaths") == f"{SYSTEM_RUNTIME_UNITS}/env.service.d/" \
+            f"{ENVIRONMENT_DROPIN}"
+        await runtime.start("env.service")
+        await expect_state(runtime, "env.service", "loaded/active/running")
+        wanted = ["words=4", f"unit=env.service machine={MACHINE_ID}", f"odd={ODD}"]
+        deadline = time.monotonic() + 15
+        while not all(line in host.journal("env.service") for line in wanted) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert all(line in host.journal("env.service") for line in wanted), host.journal("env.service")
+        labels = unit_environment("env.service", MACHINE_ID)["FLEET_DOCKER_LABELS"]
+        assert f"FLEET_DOCKER_LABELS={labels}" in host.unit_property("env.service", "Environment")
+        await runtime.unload("env.service")
+        await runtime.reload_daemon()
+        assert not dropin.exists() and not dropin.parent.exists()
+
+    machine.run(environment)
+    assert host.systemctl("is-active", "env.service").strip() == "inactive"
+
+
+def test_loading_over_a_unit_without_install_drops_its_enablement(machine: Machine) -> None:
+    """A unit loaded again with a file that has no ``[Install]`` section is only linked: the links the
+    earlier file's ``WantedBy=`` made are gone."""
+    host = machine.host
+    plain = UnitFile.from_text(DISCOVERY.text.split("[Install]")[0])
+
+    async def replace(runtime: SystemdRuntime) -> None:
+        await runtime.load("discovery.service", DISCOVERY)
+        await runtime.reload_daemon()
+        assert host.systemctl("is-enabled", "discovery.service").strip() == "enabled-runtime"
+        await runtime.load("discovery.service", plain)
+        await runtime.reload_daemon()
+        assert host.systemctl("is-enabled", "discovery.service").strip() == "linked-runtime"
+        assert await runtime.units() == {"discovery.service": plain.hash.hex}
+        await runtime.unload("discovery.service")
+        await runtime.reload_daemon()
+
+    machine.run(replace)
     assert not list(machine.units_dir.iterdir())
 
 
