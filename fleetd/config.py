@@ -23,6 +23,8 @@ Additions (not in fleet):
 * ``runtime``: what runs the units: ``systemd``, ``supervisor`` (built in) or ``docker``; the default
   ``auto`` is ``systemd`` when the system bus offers ``org.freedesktop.systemd1`` (or, if the bus
   cannot be asked, on a host booted with systemd: ``/run/systemd/system`` exists), else ``supervisor``.
+* ``docker_image``: the image the ``docker`` runtime runs a unit's command in when its ``ExecStart=``
+  is not ``docker run`` (default ``busybox:local``; it must be present on the host, it is never pulled).
 * ``reschedule_grace_period``: seconds a machine may be gone before its units are moved elsewhere
   (0 = fleet: at once). A Go duration or a number of seconds.
 * ``keep_units_on_exit``: a boolean; when true, ``SIGTERM``/``SIGINT`` leave the units running (like
@@ -184,6 +186,7 @@ class FleetConfig:
     machine_id_file: str = "/etc/machine-id"
     api_listen: tuple[ListenAddress, ...] = (ListenAddress(path="/var/run/fleet.sock"),)
     runtime: str = "supervisor"
+    docker_image: str = "busybox:local"
     reschedule_grace_period: float = 0.0
     keep_units_on_exit: bool = False
     warnings: tuple[str, ...] = field(default=(), compare=False)

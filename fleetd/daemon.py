@@ -71,7 +71,7 @@ BOOL_KEYS = frozenset(f.name for f in dataclasses.fields(FleetConfig) if isinsta
 #: Settings applied only at startup.
 RESTART_KEYS = ("etcd_servers", "etcd_username", "etcd_password", "etcd_keyfile", "etcd_certfile",
                 "etcd_cafile", "etcd_key_prefix", "etcd_request_timeout", "units_directory", "runtime",
-                "machine_id", "machine_id_file", "api_listen", "disable_watches")
+                "docker_image", "machine_id", "machine_id_file", "api_listen", "disable_watches")
 USAGE = """Usage: fleetd [-config FILE] [-version] [-<key> VALUE]...
 
 Keys (also FLEET_<KEY> variables and fleet.conf lines):

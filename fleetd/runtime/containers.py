@@ -28,6 +28,10 @@ containers in step with their units:
 The Docker engine may be missing or down: then nothing is tracked, ``status`` says why in
 ``containers``, and every other operation goes on as the wrapped runtime does it. The unit itself
 fails on its own (``docker run`` exits with an error that its journal shows).
+
+``DockerEngine`` (the SDK in worker threads), ``Container``, ``ContainerSpec`` and
+``container_verdict`` also serve ``fleetd.runtime.docker``, the runtime that runs each unit as one
+container itself.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -71,8 +75,17 @@ def container_labels(unit: str, machine_id: str) -> dict[str, str]:
     return {UNIT_LABEL: unit, MACHINE_LABEL: machine_id}
 
 
-class DockerUnavailable(Exception):
+class DockerError(Exception):
+    """An operation on the Docker engine failed; ``str()`` says why."""
+
+
+class DockerUnavailable(DockerError):
     """The Docker engine cannot be reached (or the SDK is missing); ``str()`` says why."""
+
+
+class DockerRequestError(DockerError):
+    """The engine answered with an error (no such image, a name already in use, a port taken...);
+    ``str()`` is the engine's explanation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,8 @@ class Container:
     exit_code: int = 0
     error: str = ""
     attached: bool = True
+    pid: int = 0
+    oom_killed: bool = False
 
     @property
     def running(self) -> bool:
@@ -110,7 +125,33 @@ class Container:
                          unit=labels.get(UNIT_LABEL, ""), state=state.get("Status", ""),
                          image=config.get("Image", ""), created=data.get("Created", ""),
                          exit_code=int(state.get("ExitCode") or 0), error=state.get("Error") or "",
-                         attached=bool(config.get("AttachStdout") or config.get("AttachStderr")))
+                         attached=bool(config.get("AttachStdout") or config.get("AttachStderr")),
+                         pid=int(state.get("Pid") or 0), oom_killed=bool(state.get("OOMKilled")))
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A container to create, as ``docker run`` options say it (``fleetd.runtime.docker`` parses them).
+
+    ``environment``: ``NAME=value`` strings; ``ports``: container port (``80``, ``53/udp``) -> host
+    binding (``None`` for a free port, ``8080``, or ``("127.0.0.1", 8080)``); ``binds``: ``-v`` values
+    with a source (``/host:/ctr:ro``, ``volume:/ctr``); ``volumes``: anonymous volumes (``/ctr``);
+    ``entrypoint`` None keeps the image's; ``network`` ``""`` is the default bridge."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    name: str | None = None
+    environment: tuple[str, ...] = ()
+    ports: Mapping[str, Any] = field(default_factory=dict)
+    binds: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    user: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    hostname: str | None = None
+    network: str = ""
+    init: bool = False
 
 
 def container_verdict(containers: Iterable[Container],
@@ -145,7 +186,9 @@ def container_verdict(containers: Iterable[Container],
 class DockerEngine:
     """The Docker engine through the Docker SDK. Blocking SDK calls run in worker threads; the client
     connects lazily (``DOCKER_HOST`` or the default socket) and reconnects after an error. Every
-    method raises ``DockerUnavailable`` when the engine cannot be reached."""
+    method raises ``DockerUnavailable`` when the engine cannot be reached; the ones that create or
+    change a container raise ``DockerRequestError`` with the engine's explanation when it refuses.
+    Operations on a container that is gone (404, or 409 while it is being removed) do nothing."""
 
     def __init__(self, base_url: str | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url
@@ -169,19 +212,23 @@ class DockerEngine:
                     raise DockerUnavailable(f"Docker engine unavailable: {err}") from None
             return self._client
 
-    async def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(client, ...)`` in a thread; engine errors become ``DockerUnavailable``."""
-        def run() -> Any:
-            client = self._connect()
-            try:
-                return fn(client, *args, **kwargs)
-            except Exception as err:
-                if _is_not_found(err):
-                    return None
-                with self._lock:
-                    self._client = None
-                raise DockerUnavailable(f"Docker engine unavailable ({action}): {_short(err)}") from None
-        return await asyncio.to_thread(run)
+    def _run(self, action: str, fn: Any, *args: Any, missing_ok: bool = True, **kwargs: Any) -> Any:
+        """``fn(client, ...)`` in this thread, errors classified (see the class docstring)."""
+        client = self._connect()
+        try:
+            return fn(client, *args, **kwargs)
+        except Exception as err:
+            if missing_ok and _is_not_found(err):
+                return None
+            if getattr(err, "response", None) is not None and getattr(err, "status_code", None):
+                raise DockerRequestError(_explanation(err)) from None
+            with self._lock:
+                self._client = None
+            raise DockerUnavailable(f"Docker engine unavailable ({action}): {_short(err)}") from None
+
+    async def _call(self, action: str, fn: Any, *args: Any, missing_ok: bool = True, **kwargs: Any) -> Any:
+        """``_run`` in a worker thread."""
+        return await asyncio.to_thread(self._run, action, fn, *args, missing_ok=missing_ok, **kwargs)
 
     async def containers(self, machine_id: str, unit: str | None = None) -> list[Container]:
         """Every container (running or not) labelled for ``machine_id`` (and ``unit``), oldest first."""
@@ -199,62 +246,125 @@ class DockerEngine:
         result: list[Container] = await self._call("list containers", listing)
         return result
 
+    async def inspect(self, ref: str) -> Container | None:
+        """The container with this ID or name, None when there is none."""
+        data = await self._call("inspect container", lambda cl: cl.api.inspect_container(ref))
+        return None if data is None else Container.from_inspect(data)
+
+    async def has_image(self, image: str) -> bool:
+        """Whether ``image`` is present locally."""
+        return await self._call("inspect image", lambda cl: cl.api.inspect_image(image)) is not None
+
+    async def pull(self, image: str) -> None:
+        """Pull ``image`` (``name[:tag]``, ``latest`` when no tag) from its registry."""
+        repository, tag = _split_image(image)
+        await self._call("pull image", lambda cl: cl.api.pull(repository, tag=tag), missing_ok=False)
+
+    async def create(self, spec: ContainerSpec) -> Container:
+        """Create (not start) the container ``spec`` describes; its state is ``created``."""
+        def create(client: Any) -> Container:
+            host_config = client.api.create_host_config(
+                port_bindings=dict(spec.ports) or None, binds=list(spec.binds) or None,
+                network_mode=spec.network or None, init=spec.init or None)
+            created = client.api.create_container(
+                spec.image, command=list(spec.command) or None, name=spec.name, hostname=spec.hostname,
+                user=spec.user, detach=True, ports=list(spec.ports) or None,
+                environment=list(spec.environment) or None, volumes=list(spec.volumes) or None,
+                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
+                working_dir=spec.working_dir, labels=dict(spec.labels), host_config=host_config)
+            return Container.from_inspect(client.api.inspect_container(created["Id"]))
+        result: Container = await self._call("create container", create, missing_ok=False)
+        return result
+
+    async def start(self, ref: str) -> None:
+        """Start the created (or exited) container ``ref``."""
+        await self._call("start container", lambda cl: cl.api.start(ref), missing_ok=False)
+
+    async def kill(self, ref: str, signal: str | int | None = None) -> None:
+        """Send ``signal`` (SIGKILL by default) to the running container ``ref``."""
+        await self._call("kill container", lambda cl: cl.api.kill(ref, signal=signal), missing_ok=False)
+
     async def stop(self, containers: Iterable[Container], timeout: int = STOP_TIMEOUT) -> None:
         """SIGTERM the running ones, SIGKILL after ``timeout`` seconds; returns when they are down."""
         running = [c for c in containers if c.running]
-        await asyncio.gather(*(self._call("stop container",
-                                          lambda cl, cid=c.id: cl.api.stop(cid, timeout=timeout))
-                               for c in running))
+        await asyncio.gather(*(self.stop_one(c.id, timeout) for c in running))
+
+    async def stop_one(self, ref: str, timeout: int = STOP_TIMEOUT) -> None:
+        """Stop the container ``ref`` (ID or name) as ``stop`` does; a stopped or missing one is fine."""
+        await self._call("stop container",
+                         lambda cl: cl.api.stop(ref, timeout=timeout))
 
     async def remove(self, containers: Iterable[Container]) -> None:
         """Remove (killing first when running) each container; already gone ones are fine."""
-        await asyncio.gather(*(self._call("remove container",
-                                          lambda cl, cid=c.id: cl.api.remove_container(cid, force=True))
-                               for c in containers))
+        await asyncio.gather(*(self.remove_one(c.id) for c in containers))
 
-    async def logs(self, container: Container, lines: int, follow: bool, hostname: str) -> AsyncIterator[str]:
-        """The container's last ``lines`` output lines as journal entries, then (``follow``) new ones."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+    async def remove_one(self, ref: str, force: bool = True) -> None:
+        """Remove the container ``ref`` (ID or name); ``force`` kills it first when it runs."""
+        await self._call("remove container", lambda cl: cl.api.remove_container(ref, force=force),
+                         missing_ok=True)
+
+    async def log_lines(self, ref: str, *, tail: int | str = "all", follow: bool = False,
+                        since: float | None = None) -> AsyncIterator[tuple[str, str]]:
+        """The container's output as ``(RFC 3339 time stamp, line)`` pairs: the last ``tail`` lines
+        (those since ``since``, a Unix time, when given), then with ``follow`` new ones until the
+        container stops. Raises ``DockerError`` when the engine fails (lines read so far are yielded)."""
+        queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         stream: list[Any] = []
-        ident = f"{container.name}[{container.id[:12]}]"
 
         def pump() -> None:
             try:
-                client = self._connect()
-                output = client.api.logs(container.id, stream=True, follow=follow, tail=lines,
-                                         timestamps=True)
+                output = self._run("read logs", lambda cl: cl.api.logs(
+                    ref, stream=True, follow=follow, tail=tail, timestamps=True,
+                    since=since if since is not None else None))
+                if output is None:
+                    return
                 stream.append(output)
                 pending = b""
                 for chunk in output:
                     pending += chunk
                     *complete, pending = pending.split(b"\n")
                     for raw in complete:
-                        loop.call_soon_threadsafe(queue.put_nowait, _log_entry(raw, hostname, ident))
+                        loop.call_soon_threadsafe(queue.put_nowait, _split_stamp(raw))
                 if pending:
-                    loop.call_soon_threadsafe(queue.put_nowait, _log_entry(pending, hostname, ident))
-            except Exception as err:  # the engine went away: say so in the journal and end
+                    loop.call_soon_threadsafe(queue.put_nowait, _split_stamp(pending))
+            except DockerError as err:
+                loop.call_soon_threadsafe(queue.put_nowait, err)
+            except Exception as err:  # the stream broke (the engine went away)
                 if not _is_not_found(err):
-                    entry = format_entry(time.time(), hostname, "fleetd", os.getpid(),
-                                         f"Docker logs of {container.name} unavailable: {_short(err)}")
-                    loop.call_soon_threadsafe(queue.put_nowait, entry)
+                    failure = DockerUnavailable(f"Docker logs unavailable: {_short(err)}")
+                    loop.call_soon_threadsafe(queue.put_nowait, failure)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        worker = threading.Thread(target=pump, name=f"logs-{container.id[:12]}", daemon=True)
+        worker = threading.Thread(target=pump, name=f"logs-{ref[:12]}", daemon=True)
         worker.start()
         try:
-            while (entry := await queue.get()) is not None:
-                yield entry
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
             for output in stream:
                 with contextlib.suppress(Exception):
                     output.close()
 
+    async def logs(self, container: Container, lines: int, follow: bool, hostname: str) -> AsyncIterator[str]:
+        """The container's last ``lines`` output lines as journal entries, then (``follow``) new ones;
+        an engine failure ends them with an entry that says so."""
+        ident = f"{container.name}[{container.id[:12]}]"
+        try:
+            async for stamp, message in self.log_lines(container.id, tail=lines, follow=follow):
+                yield format_entry(stamp_seconds(stamp) or time.time(), hostname, ident, None, message)
+        except DockerError as err:
+            yield format_entry(time.time(), hostname, "fleetd", os.getpid(),
+                               f"Docker logs of {container.name} unavailable: {err}")
+
 
 def _is_not_found(err: BaseException) -> bool:
     """The container is gone (404), or already being removed (409): nothing left to do."""
-    return type(err).__name__ == "NotFound" or getattr(err, "status_code", None) == 409
+    return type(err).__name__ in ("NotFound", "ImageNotFound") \
+        or getattr(err, "status_code", None) in (404, 409)
 
 
 def _short(err: BaseException) -> str:
@@ -262,15 +372,45 @@ def _short(err: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def _log_entry(raw: bytes, hostname: str, ident: str) -> str:
-    """A journal entry from one ``docker logs --timestamps`` line (RFC 3339 stamp, a space, text)."""
+def _explanation(err: BaseException) -> str:
+    """The engine's own words for a refused request (``No such image: x``)."""
+    explanation = getattr(err, "explanation", None)
+    return _short(err) if not explanation else str(explanation).strip().splitlines()[0][:300]
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    """``name[:tag]`` -> (name, tag); ``latest`` when there is no tag (a ``:`` in a registry's host:port
+    is not a tag)."""
+    name, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:
+        return image, "latest"
+    return name, tag
+
+
+def _split_stamp(raw: bytes) -> tuple[str, str]:
+    """``docker logs --timestamps`` line -> (RFC 3339 stamp, text)."""
     text = raw.decode(errors="replace").rstrip("\r")
-    stamp_text, _, message = text.partition(" ")
+    stamp, _, message = text.partition(" ")
+    if stamp_seconds(stamp) is None:
+        return "", text
+    return stamp, message
+
+
+def stamp_seconds(stamp: str) -> float | None:
+    """Unix time of a Docker RFC 3339 time stamp (``2024-05-01T10:00:00.123456789Z``); None if not one."""
+    key = stamp_key(stamp)
+    return None if key is None else key[0] + key[1] / 1e9
+
+
+def stamp_key(stamp: str) -> tuple[int, int] | None:
+    """(seconds, nanoseconds) of a Docker RFC 3339 time stamp, exact, for ordering; None if not one."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
     try:
-        stamp = datetime.fromisoformat(stamp_text[:26].rstrip("Z") + "+00:00").timestamp()
+        seconds = datetime.fromisoformat(whole + "+00:00").timestamp()
+        nanos = int((fraction + "000000000")[:9]) if fraction else 0
     except ValueError:
-        stamp, message = time.time(), text
-    return format_entry(stamp, hostname, ident, None, message)
+        return None
+    return int(seconds), nanos
 
 
 class ContainerTracking:
@@ -330,7 +470,7 @@ class ContainerTracking:
             return None
         try:
             lines = tuple(c.describe() for c in await self.engine.containers(self.machine_id, name))
-        except DockerUnavailable as err:
+        except DockerError as err:
             lines = (str(err),)
         return replace(status, containers=status.containers + lines)
 
@@ -339,7 +479,7 @@ class ContainerTracking:
         lines of both as they come."""
         try:
             detached = [c for c in await self.engine.containers(self.machine_id, name) if not c.attached]
-        except DockerUnavailable:
+        except DockerError:
             detached = []
         sources = [self.inner.journal(name, lines, follow)]
         sources += [self.engine.logs(c, lines, follow, self.hostname) for c in detached]
@@ -373,7 +513,7 @@ class ContainerTracking:
         """One garbage collection (``container_verdict``); returns what was removed."""
         try:
             containers = await self.engine.containers(self.machine_id)
-        except DockerUnavailable as err:
+        except DockerError as err:
             self._engine_down(str(err))
             return []
         self._engine_up()
@@ -398,7 +538,7 @@ class ContainerTracking:
     async def _containers(self, name: str) -> list[Container]:
         try:
             return await self.engine.containers(self.machine_id, name)
-        except DockerUnavailable as err:
+        except DockerError as err:
             self._engine_down(str(err))
             return []
 
@@ -406,7 +546,7 @@ class ContainerTracking:
         if containers:
             try:
                 await self.engine.remove(containers)
-            except DockerUnavailable as err:
+            except DockerError as err:
                 self._engine_down(str(err))
 
     async def _with_containers_stopped(self, name: str, operation: Awaitable[None]) -> None:
@@ -416,7 +556,7 @@ class ContainerTracking:
         containers = await self._containers(name)
         try:
             await self.engine.stop(containers)
-        except DockerUnavailable as err:
+        except DockerError as err:
             self._engine_down(str(err))
         await task
         await self._remove(await self._containers(name))

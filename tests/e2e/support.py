@@ -1,5 +1,6 @@
-"""What the end-to-end tests share: the Docker engine, fastkv on the docker bridge, fleetd machines
-(real processes, built-in supervisor) and fleetctl against their API."""
+"""What the end-to-end tests share: the Docker engine (``tests.infra.bridge``), fastkv clusters on the
+Docker bridge, fleetd machines (real processes, the built-in supervisor or the docker runtime) and
+fleetctl against their API."""
 
 from __future__ import annotations
 
@@ -17,31 +18,20 @@ from typing import Any, TypeVar
 
 from fleetd.runtime.supervisor import record_sessions, session_members
 from tests import harness
+from tests.infra import bridge
+from tests.infra.bridge import bridge_gateway, ensure_docker
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER_SH = ROOT / "tests" / "infra" / "docker.sh"
 PREFIX = "/e2e/"
-
-
-def ensure_docker() -> None:
-    """The Docker engine and the local images, as CI sets them up (fails loudly when it cannot)."""
-    done = subprocess.run([str(DOCKER_SH)], capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"tests/infra/docker.sh failed:\n{done.stdout}\n{done.stderr}"
+EXAMPLE = ROOT / "examples" / "service-discovery"
+#: The endpoint the example's units name; tests point them at their own cluster instead.
+EXAMPLE_ETCD = "http://172.17.0.1:2379"
 
 
 def docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The docker CLI (never raises on a non-zero exit)."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def bridge_gateway() -> str:
-    """The address our dockerd gave the host on its default bridge (the bridge interface's IPv4)."""
-    done = docker("network", "inspect", "bridge", "-f", '{{index .Options "com.docker.network.bridge.name"}}')
-    assert done.returncode == 0, done.stderr
-    shown = subprocess.run(["ip", "-4", "-o", "addr", "show", done.stdout.strip() or "docker0"],
-                           capture_output=True, text=True, timeout=10, check=True).stdout.split()
-    return shown[shown.index("inet") + 1].split("/")[0]
+    return bridge.docker(*args, check=False, timeout=timeout)
 
 
 def containers(*labels: str) -> list[dict[str, Any]]:
@@ -73,28 +63,47 @@ def wait(what: str, check: Callable[[], T | None], timeout: float = 30.0, logs: 
         time.sleep(0.2)
 
 
-def fastkv_on(tmp: Path, *hosts: str, name: str = "fk") -> harness.Server:
-    """A fastkv member listening on 127.0.0.1 and on each of ``hosts`` (same port), not started."""
-    client_port, peer_port = harness.free_port(), harness.free_port()
-    listen = ",".join(f"http://{h}:{client_port}" for h in ("127.0.0.1", *hosts))
-    peer = f"http://127.0.0.1:{peer_port}"
-    data_dir = tmp / f"{name}.fastkv"
-    args = [sys.executable, "-m", "fastkv", "--name", name, "--data-dir", str(data_dir),
-            "--listen-client-urls", listen, "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{name}={peer}"]
-    return harness.Server("fastkv", name, client_port, peer_port, data_dir, args, tmp / f"{name}.fastkv.log")
+def fastkv_on_bridge(tmp: Path, size: int = 3) -> list[harness.Server]:
+    """A started fastkv cluster of ``size`` members, each listening on 127.0.0.1 and on the Docker
+    bridge (advertising the bridge address), so that containers reach every member."""
+    ensure_docker()
+    members = harness.fastkv_cluster(tmp, size, client_host=bridge_gateway())
+    try:
+        return harness.start_all(members)
+    except BaseException:
+        for member in members:
+            member.stop()
+        raise
+
+
+def example_unit(name: str, endpoints: str) -> str:
+    """The text of the example's unit file ``name`` with ``ETCD`` set to ``endpoints``."""
+    text = (EXAMPLE / name).read_text()
+    assert EXAMPLE_ETCD in text or "ETCD" not in text, f"{name} no longer names {EXAMPLE_ETCD}"
+    return text.replace(EXAMPLE_ETCD, endpoints)
+
+
+def etcd_urls(members: Iterable[harness.Server]) -> str:
+    """The members' loopback client URLs, comma separated (fleet.conf's ``etcd_servers``)."""
+    return ",".join(member.url for member in members)
+
+
+def bridge_url(member: harness.Server) -> str:
+    """The member's client URL on the Docker bridge (what containers use)."""
+    return f"http://{bridge_gateway()}:{member.client_port}"
 
 
 @dataclass
 class Machine:
-    """One fleetd process (supervisor runtime) with its own machine ID, state directory and API port."""
+    """One fleetd process (``runtime``: supervisor unless told) with its own machine ID, state directory
+    and API port."""
 
     machine_id: str
     home: Path
     etcd_urls: str
     agent_ttl: str = "3s"
     metadata: str = ""
+    runtime: str = "supervisor"
     env: dict[str, str] = field(default_factory=dict)
     api_port: int = field(default_factory=harness.free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -111,7 +120,7 @@ class Machine:
                           f"machine_id = {self.machine_id}\npublic_ip = 127.0.0.1\n"
                           f"metadata = {self.metadata}\n"
                           f"agent_ttl = {self.agent_ttl}\nengine_reconcile_interval = 0.5\n"
-                          f"units_directory = {self.units_dir}\nruntime = supervisor\n"
+                          f"units_directory = {self.units_dir}\nruntime = {self.runtime}\n"
                           f"api_listen = 127.0.0.1:{self.api_port}\n")
         log_path = self.home / f"fleetd.{len(self.logs)}.log"
         self.logs.append(log_path)
@@ -168,6 +177,46 @@ class Machine:
         """True once fleetctl can list machines through this fleetd."""
         done = self.fleetctl("list-machines", "--no-legend")
         return done.returncode == 0 and self.machine_id[:8] in done.stdout
+
+
+def unit_containers(machine: Machine, unit: str) -> list[dict[str, Any]]:
+    """``docker inspect`` of every container of ``unit`` on ``machine``."""
+    return containers(f"fleet.machine={machine.machine_id}", f"fleet.unit={unit}")
+
+
+def running_container(machine: Machine, unit: str) -> str | None:
+    """The ID of the unit's one running container (None while there is none)."""
+    found = [c for c in unit_containers(machine, unit) if c["State"]["Running"]]  # type: ignore[index]
+    assert len(found) <= 1, f"duplicate containers for {unit}: {found}"
+    return str(found[0]["Id"]) if found else None
+
+
+def start_unit(machine: Machine, name: str, text: str) -> None:
+    """Write unit ``name`` next to the machine's config and ``fleetctl start --no-block`` it."""
+    (machine.home / name).write_text(text)
+    done = machine.fleetctl("start", "--no-block", str(machine.home / name))
+    assert done.returncode == 0, done.stderr
+
+
+def unit_state(machine: Machine, name: str) -> str:
+    """``active running`` as fleetctl list-units shows it (empty when not listed)."""
+    listing = machine.fleetctl("list-units", "--no-legend", "--fields=unit,active,sub").stdout
+    for line in listing.splitlines():
+        fields = line.split()
+        if fields and fields[0] == name:
+            return " ".join(fields[1:])
+    return ""
+
+
+def journal_with(machine: Machine, name: str, text: str) -> str | None:
+    """The unit's journal once it contains ``text``."""
+    journal = machine.fleetctl("journal", name).stdout
+    return journal if text in journal else None
+
+
+def has_state(machine: Machine, name: str, state: str) -> bool:
+    """Whether list-units shows ``state`` (``failed failed``) for the unit."""
+    return unit_state(machine, name) == state
 
 
 def stop_all(machines: Iterable[Machine]) -> None:

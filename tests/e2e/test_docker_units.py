@@ -18,12 +18,18 @@ from fleetd.runtime.supervisor import session_members
 from tests import harness
 from tests.e2e.support import (
     Machine,
-    bridge_gateway,
+    bridge_url,
     containers,
     docker,
-    ensure_docker,
-    fastkv_on,
+    etcd_urls,
+    fastkv_on_bridge,
+    has_state,
+    journal_with,
+    running_container,
+    start_unit,
     stop_all,
+    unit_containers,
+    unit_state,
     wait,
 )
 
@@ -35,68 +41,31 @@ LONG_RUNNING = ("[Unit]\nDescription=A {what}\n\n[Service]\n"
 
 
 @pytest.fixture(scope="module")
-def fastkv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Server]:
-    ensure_docker()
-    server = fastkv_on(tmp_path_factory.mktemp("fastkv"), bridge_gateway()).start()
-    yield server
-    server.stop()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[harness.Server]]:
+    members = fastkv_on_bridge(tmp_path_factory.mktemp("fastkv"))
+    yield members
+    for member in members:
+        member.stop()
 
 
 @pytest.fixture
-def machine(fastkv: harness.Server, tmp_path: Path) -> Iterator[Machine]:
-    node = Machine(uuid.uuid4().hex, tmp_path / "m", fastkv.url).start()
+def machine(cluster: list[harness.Server], tmp_path: Path) -> Iterator[Machine]:
+    node = Machine(uuid.uuid4().hex, tmp_path / "m", etcd_urls(cluster)).start()
     wait("fleetd to serve its API", node.ready, logs=node.log)
     yield node
     stop_all([node])
 
 
-def unit_containers(machine: Machine, unit: str) -> list[dict[str, object]]:
-    return containers(f"fleet.machine={machine.machine_id}", f"fleet.unit={unit}")
-
-
-def running_container(machine: Machine, unit: str) -> str | None:
-    """The ID of the unit's one running container (None while there is none)."""
-    found = [c for c in unit_containers(machine, unit) if c["State"]["Running"]]  # type: ignore[index]
-    assert len(found) <= 1, f"duplicate containers for {unit}: {found}"
-    return str(found[0]["Id"]) if found else None
-
-
-def start(machine: Machine, name: str, text: str) -> None:
-    (machine.home / name).write_text(text)
-    done = machine.fleetctl("start", "--no-block", str(machine.home / name))
-    assert done.returncode == 0, done.stderr
-
-
-def unit_state(machine: Machine, name: str) -> str:
-    """``active running`` as fleetctl list-units shows it (empty when not listed)."""
-    listing = machine.fleetctl("list-units", "--no-legend", "--fields=unit,active,sub").stdout
-    for line in listing.splitlines():
-        fields = line.split()
-        if fields and fields[0] == name:
-            return " ".join(fields[1:])
-    return ""
-
-
-def _grep(machine: Machine, name: str, text: str) -> str | None:
-    """The unit's journal once it contains ``text``."""
-    journal = machine.fleetctl("journal", name).stdout
-    return journal if text in journal else None
-
-
-def _has_state(machine: Machine, name: str, state: str) -> bool:
-    return unit_state(machine, name) == state
-
-
 def test_container_is_labelled_reported_and_removed_with_its_unit(machine: Machine) -> None:
     name = f"box-{machine.machine_id[:6]}"
-    start(machine, "box.service", LONG_RUNNING.format(what="box", name=name))
+    start_unit(machine, "box.service", LONG_RUNNING.format(what="box", name=name))
     first = wait("the container", lambda: running_container(machine, "box.service"), logs=machine.log)
     wait("list-units to show it running", lambda: unit_state(machine, "box.service") == "active running")
     status = machine.fleetctl("status", "box.service")
     assert status.returncode == 0, status.stderr
     assert f"Container: {first[:12]} {name} running (busybox:local)" in status.stdout
     journal = wait("the container's output in the journal",
-                   functools.partial(_grep, machine, "box.service", "hello from"))
+                   functools.partial(journal_with, machine, "box.service", "hello from"))
     assert f"hello from {name}" in journal
 
     assert machine.fleetctl("stop", "box.service").returncode == 0
@@ -110,7 +79,7 @@ def test_container_is_labelled_reported_and_removed_with_its_unit(machine: Machi
 
 def test_fleetd_crash_leaves_no_orphan_and_no_duplicate(machine: Machine) -> None:
     name = f"crash-{machine.machine_id[:6]}"
-    start(machine, "crash.service", LONG_RUNNING.format(what="survivor", name=name))
+    start_unit(machine, "crash.service", LONG_RUNNING.format(what="survivor", name=name))
     first = wait("the container", lambda: running_container(machine, "crash.service"), logs=machine.log)
 
     machine.kill()  # a crash: the unit and its container keep running, the restarted fleetd adopts them
@@ -131,32 +100,35 @@ def test_fleetd_crash_leaves_no_orphan_and_no_duplicate(machine: Machine) -> Non
 
 def test_draining_the_machine_removes_its_containers(machine: Machine) -> None:
     unit = LONG_RUNNING.format(what="drained box", name=f"drain-{machine.machine_id[:6]}")
-    start(machine, "drained.service", unit)
+    start_unit(machine, "drained.service", unit)
     wait("the container", lambda: running_container(machine, "drained.service"), logs=machine.log)
     assert machine.terminate() == 0  # SIGTERM: fleet's purge
     assert unit_containers(machine, "drained.service") == []
 
 
-def set_greeting(fastkv: harness.Server, value: str) -> None:
-    put = subprocess.run(["curl", "-fsS", "-X", "PUT", f"{fastkv.url}/v2/keys/e2e-bridge/greeting",
+def set_greeting(member: harness.Server, value: str) -> None:
+    put = subprocess.run(["curl", "-fsS", "-X", "PUT", f"{member.url}/v2/keys/e2e-bridge/greeting",
                           "-d", f"value={value}"], capture_output=True, text=True, timeout=10, check=False)
     assert put.returncode == 0, put.stderr
 
 
-def test_containers_reach_fastkv_on_the_bridge(fastkv: harness.Server) -> None:
-    gateway = bridge_gateway()
-    base = f"http://{gateway}:{fastkv.client_port}/v2/keys/e2e-bridge/greeting"
-    set_greeting(fastkv, "one")
-    read = docker("run", "--rm", "--pull=never", "busybox:local", "wget", "-q", "-O", "-", base)
-    assert read.returncode == 0, read.stderr
-    assert '"value":"one"' in read.stdout
-    index = int(read.stdout.split('"modifiedIndex":')[1].split(",")[0])
-    wget = ["busybox:local", "wget", "-q", "-O", "-", f"{base}?wait=true&waitIndex={index + 1}"]
+def test_containers_read_and_watch_keys_of_the_cluster(cluster: list[harness.Server]) -> None:
+    """A container reads a key from one member on the bridge and watches it on another while a third
+    member takes the write: every member serves containers, and a watch sees writes made anywhere."""
+    reader, watched = (bridge_url(m) + "/v2/keys/e2e-bridge/greeting" for m in cluster[1:])
+    set_greeting(cluster[0], "one")
+
+    def read_one() -> str | None:
+        done = docker("run", "--rm", "--pull=never", "busybox:local", "wget", "-q", "-O", "-", reader)
+        return done.stdout if done.returncode == 0 and '"value":"one"' in done.stdout else None
+    read = wait("a container to read the write from member 1", read_one)
+    index = int(read.split('"modifiedIndex":')[1].split(",")[0])
+    wget = ["busybox:local", "wget", "-q", "-O", "-", f"{watched}?wait=true&waitIndex={index + 1}"]
     watcher = subprocess.Popen(["docker", "run", "--rm", "--pull=never", "--label", "e2e=watcher", *wget],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait("the watcher's container to run", lambda: containers("e2e=watcher"))
-        set_greeting(fastkv, "two")
+        set_greeting(cluster[0], "two")
         out, err = watcher.communicate(timeout=30)
     finally:
         if watcher.poll() is None:
@@ -168,17 +140,17 @@ def test_containers_reach_fastkv_on_the_bridge(fastkv: harness.Server) -> None:
 
 def test_broken_containers_fail_their_units_and_nothing_else(machine: Machine) -> None:
     tag = machine.machine_id[:6]
-    start(machine, "healthy.service", LONG_RUNNING.format(what="healthy box", name=f"healthy-{tag}"))
-    start(machine, "noimage.service", "[Service]\nExecStart=/usr/bin/docker run --rm --pull=never "
+    start_unit(machine, "healthy.service", LONG_RUNNING.format(what="healthy box", name=f"healthy-{tag}"))
+    start_unit(machine, "noimage.service", "[Service]\nExecStart=/usr/bin/docker run --rm --pull=never "
                                       "$FLEET_DOCKER_LABELS busybox:no-such-tag true\n")
-    start(machine, "crashing.service", "[Service]\nExecStart=/usr/bin/docker run --pull=never "
+    start_unit(machine, "crashing.service", "[Service]\nExecStart=/usr/bin/docker run --pull=never "
                                        f"--name crashing-{tag} $FLEET_DOCKER_LABELS busybox:local "
                                        "sh -c 'echo about to crash; exit 3'\n")
-    start(machine, "noengine.service", "[Service]\nEnvironment=DOCKER_HOST=unix:///nonexistent/docker.sock\n"
+    start_unit(machine, "noengine.service", "[Service]\nEnvironment=DOCKER_HOST=unix:///nonexistent/docker.sock\n"
                                        "ExecStart=/usr/bin/docker run --rm $FLEET_DOCKER_LABELS "
                                        "busybox:local true\n")
     for name in ("noimage.service", "crashing.service", "noengine.service"):
-        wait(f"{name} failed", functools.partial(_has_state, machine, name, "failed failed"),
+        wait(f"{name} failed", functools.partial(has_state, machine, name, "failed failed"),
              logs=machine.log)
     wait("the healthy unit running", lambda: unit_state(machine, "healthy.service") == "active running")
     assert running_container(machine, "healthy.service")
@@ -201,16 +173,16 @@ def test_broken_containers_fail_their_units_and_nothing_else(machine: Machine) -
     # the agent keeps working: a stop of the failed unit removes its container, a new unit starts
     assert machine.fleetctl("stop", "crashing.service").returncode == 0
     wait("the crashed container removed", lambda: not unit_containers(machine, "crashing.service"))
-    start(machine, "after.service", LONG_RUNNING.format(what="later box", name=f"after-{tag}"))
+    start_unit(machine, "after.service", LONG_RUNNING.format(what="later box", name=f"after-{tag}"))
     wait("a later unit running", lambda: running_container(machine, "after.service"), logs=machine.log)
 
 
-def test_engine_down_is_reported_and_units_still_run(fastkv: harness.Server, tmp_path: Path) -> None:
-    node = Machine(uuid.uuid4().hex, tmp_path / "m", fastkv.url,
+def test_engine_down_is_reported_and_units_still_run(cluster: list[harness.Server], tmp_path: Path) -> None:
+    node = Machine(uuid.uuid4().hex, tmp_path / "m", etcd_urls(cluster),
                    env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}).start()
     try:
         wait("fleetd to serve its API", node.ready, logs=node.log)
-        start(node, "plain.service", "[Service]\nExecStart=/bin/sleep 1000\n")
+        start_unit(node, "plain.service", "[Service]\nExecStart=/bin/sleep 1000\n")
         wait("a plain unit running", lambda: unit_state(node, "plain.service") == "active running",
              logs=node.log)
         status = node.fleetctl("status", "plain.service")

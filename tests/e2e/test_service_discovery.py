@@ -1,8 +1,11 @@
-"""examples/service-discovery end to end: four fleetd machines (supervisor runtime) over fastkv, three
+"""examples/service-discovery end to end: four fleetd machines (supervisor runtime) over a three-member
+fastkv cluster (the containers get every member's address on the Docker bridge), three
 ``web@`` containers with their discovery sidekicks and a load balancer container, all started with
 fleetctl. A machine running a web instance dies (fleetd, its unit processes and its containers are
-killed); fleet moves the instance, its discovery key follows, and the balancer keeps answering. The
-failover window (first to last failed request) is measured and printed."""
+killed) together with the fastkv member every client tries first, as when a host running both goes
+down; fleet moves the instance, its discovery key follows, the containers move on to the surviving
+members, and the balancer keeps answering. The failover window (first to last failed request) is
+measured and printed."""
 
 from __future__ import annotations
 
@@ -21,23 +24,24 @@ import pytest
 
 from tests import harness
 from tests.e2e.support import (
-    ROOT,
+    EXAMPLE,
     Machine,
-    bridge_gateway,
+    bridge_url,
     containers,
-    ensure_docker,
-    fastkv_on,
+    docker,
+    etcd_urls,
+    example_unit,
+    fastkv_on_bridge,
     stop_all,
     wait,
 )
 
-EXAMPLE = ROOT / "examples" / "service-discovery"
 INSTANCES = ("1", "2", "3")
 #: Time for the whole failover: machine key expiry (agent_ttl 3 s), rescheduling, the new container,
 #: its announcement; generous for a loaded two-core machine.
 FAILOVER_LIMIT = 45.0
-#: fastkv, the four machines and the directory with the example's unit files.
-Cluster = tuple[harness.Server, list[Machine], Path]
+#: The fastkv members, the four machines and the directory with the example's unit files.
+Cluster = tuple[list[harness.Server], list[Machine], Path]
 
 
 @dataclass
@@ -80,29 +84,29 @@ def get(url: str) -> str | None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    ensure_docker()
-    gateway = bridge_gateway()
-    server = fastkv_on(tmp_path, gateway).start()
-    machines = [Machine(uuid.uuid4().hex, tmp_path / f"m{i}", server.url, agent_ttl="3s") for i in range(4)]
+    members = fastkv_on_bridge(tmp_path, 3)
+    machines = [Machine(uuid.uuid4().hex, tmp_path / f"m{i}", etcd_urls(members), agent_ttl="3s")
+                for i in range(4)]
     units = tmp_path / "units"
     units.mkdir()
-    for path in EXAMPLE.glob("*.service"):  # the example, pointed at this test's fastkv
-        text = path.read_text().replace("http://172.17.0.1:2379", f"http://{gateway}:{server.client_port}")
-        (units / path.name).write_text(text)
+    endpoints = ",".join(bridge_url(member) for member in members)
+    for path in EXAMPLE.glob("*.service"):  # the example, pointed at this test's cluster
+        (units / path.name).write_text(example_unit(path.name, endpoints))
     try:
         for machine in machines:
             machine.start()
         for machine in machines:
             wait("fleetd up", machine.ready, logs=machine.log)
-        yield server, machines, units
+        yield members, machines, units
     finally:
         stop_all(machines)
-        server.stop()
+        for member in members:
+            member.stop()
 
 
-def announced(server: harness.Server) -> dict[str, str]:
-    """Instance -> host:port under /services/web."""
-    body = get(f"{server.url}/v2/keys/services/web?recursive=true")
+def announced(members: list[harness.Server]) -> dict[str, str]:
+    """Instance -> host:port under /services/web, as the first member that answers has it."""
+    body = next(filter(None, (get(f"{m.url}/v2/keys/services/web?recursive=true") for m in members)), None)
     nodes = json.loads(body).get("node", {}).get("nodes", []) if body else []
     return {n["key"].rsplit("/", 1)[1]: n["value"] for n in nodes if "value" in n}
 
@@ -122,14 +126,14 @@ def machine_of(container: dict[str, object]) -> str:
 
 
 def test_balancer_survives_the_loss_of_a_web_machine(cluster: Cluster) -> None:
-    server, machines, units = cluster
+    members, machines, units = cluster
     first = machines[0]
     logs = lambda: "\n".join(f"--- {m.machine_id[:8]}\n{m.log()[-1500:]}" for m in machines)  # noqa: E731
     names = [f"web@{i}.service" for i in INSTANCES] + [f"web-discovery@{i}.service" for i in INSTANCES]
     done = first.fleetctl("start", "--no-block", *(str(units / n) for n in names), str(units / "lb.service"))
     assert done.returncode == 0, done.stdout + done.stderr
 
-    wait("three web instances announced", lambda: len(announced(server)) == 3, timeout=60, logs=logs)
+    wait("three web instances announced", lambda: len(announced(members)) == 3, timeout=60, logs=logs)
     lb = wait("the balancer's container", lambda: container_of("lb.service"), timeout=30, logs=logs)
     url = f"http://{address(lb)}:8080/"
     seen: set[str] = set()
@@ -143,20 +147,21 @@ def test_balancer_survives_the_loss_of_a_web_machine(cluster: Cluster) -> None:
     webs = {i: wait(f"web {i}", functools.partial(container_of, f"web@{i}.service")) for i in INSTANCES}
     victim_instance = next(i for i in INSTANCES if machine_of(webs[i]) != machine_of(lb))
     victim = next(m for m in machines if m.machine_id == machine_of(webs[victim_instance]))
-    old_address = announced(server)[victim_instance]
+    old_address = announced(members)[victim_instance]
 
     prober = Prober(url).start()
     time.sleep(1.0)
     killed_at = time.monotonic()
     victim.kill()
     victim.kill_units()
+    members[0].kill()  # the member first in every list: fleetd's etcd_servers and the units' ETCD
 
     def moved() -> str | None:
         container = container_of(f"web@{victim_instance}.service")
         if container is None or machine_of(container) == victim.machine_id:
             return None
         new = f"{address(container)}:80"
-        return new if announced(server).get(victim_instance) == new else None
+        return new if announced(members).get(victim_instance) == new else None
 
     new_address = wait(f"web {victim_instance} moved and announced", moved, timeout=FAILOVER_LIMIT, logs=logs)
     wait(f"the balancer to reach web {victim_instance} again",
@@ -171,7 +176,8 @@ def test_balancer_survives_the_loss_of_a_web_machine(cluster: Cluster) -> None:
     after = [r for r in prober.results if r[0] > recovered_at]
     errors = [t for t, body in prober.results if body is None]
     window = (errors[-1] - errors[0]) if errors else 0.0
-    print(f"\nweb {victim_instance}: {old_address} -> {new_address}; moved and answering "
+    print(f"\nweb {victim_instance}: {old_address} -> {new_address} (its machine and fastkv member "
+          f"{members[0].name} killed); moved and answering "
           f"{recovered_at - killed_at:.1f}s after the kill; {len(prober.results)} requests, "
           f"{len(errors)} failed; failover window {window:.2f}s")
     assert before and all(body for _, body in before), "errors before the failure"
@@ -180,3 +186,6 @@ def test_balancer_survives_the_loss_of_a_web_machine(cluster: Cluster) -> None:
     assert sum(1 for _, body in during if body) > len(during) // 2, "the balancer stopped answering"
     assert {body for _, body in after} <= {f"web {i}" for i in INSTANCES}
     assert len(containers(f"fleet.machine={victim.machine_id}")) == 0
+    balancer_log = docker("logs", str(lb["Id"])).stdout
+    survivors = tuple(f" of {bridge_url(m)}:" for m in members[1:])
+    assert any(s in balancer_log for s in survivors), f"the balancer never moved on:\n{balancer_log}"
