@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from fleetd.ctl.client import FleetClient
+from fleetd.ctl.tunnel import Tunnel
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class Flag:
 
 @dataclass
 class Context:
-    """What a command runs with: parsed flags, output streams and a lazily built client."""
+    """What a command runs with: parsed flags, output streams, a lazily built client and, with
+    ``--tunnel``, the open tunnel that every connection to the cluster goes through."""
 
     options: dict[str, Any]
     make_client: Callable[[], FleetClient]
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
     _client: FleetClient | None = None
+    tunnel: Tunnel | None = None
 
     @property
     def client(self) -> FleetClient:
@@ -61,9 +64,15 @@ class Context:
         """Print a line on stderr."""
         print(text, file=self.err, flush=True)
 
+    async def reach(self, url: str) -> str:
+        """The URL to connect to for the cluster's ``url``: itself, or its relay through the tunnel."""
+        return url if self.tunnel is None else await self.tunnel.url(url)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
+        if self.tunnel is not None:
+            await self.tunnel.close()
 
 
 Runner = Callable[[Context, list[str]], Awaitable[int]]

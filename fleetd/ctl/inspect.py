@@ -43,7 +43,8 @@ async def _machine_transport(ctx: Context, machine_id: str) -> HttpTransport:
         raise ClientError(f"machine {machine_id} published no API address")
     errors = []
     for url in urls:
-        transport = HttpTransport(HttpEndpoint.parse(url), float(ctx.options.get("request-timeout") or 3.0))
+        transport = HttpTransport(HttpEndpoint.parse(await ctx.reach(url)),
+                                  float(ctx.options.get("request-timeout") or 3.0))
         try:
             await transport("GET", "/fleet/v1/discovery", "", b"")
         except ClientError as err:

@@ -19,6 +19,7 @@ from fleetd.ctl import inspect, lists, remote, units
 from fleetd.ctl.client import ClientError, FleetClient, api_client, etcd_client
 from fleetd.ctl.command import BLOCK_FLAGS, REPLACE, SIGN, Command, Context, Flag, flag_table
 from fleetd.ctl.output import tabwrite
+from fleetd.ctl.tunnel import SshError, Tunnel
 from fleetd.http1 import client_ssl_context
 
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
@@ -31,7 +32,8 @@ GLOBAL_FLAGS = (
     Flag("driver", str, "API", 'Adapter used to execute fleetctl commands: "API" or "etcd".'),
     Flag("etcd-key-prefix", str, "/_coreos.com/fleet/", "Keyspace for fleet data in etcd."),
     Flag("request-timeout", float, 3.0, _TIMEOUT),
-    Flag("tunnel", str, "", "Not supported: forward the API with ssh -L instead."),
+    Flag("tunnel", str, "", "Establish an SSH tunnel through the provided address for communication "
+         "with fleet and etcd."),
     Flag("ssh-username", str, "core", "Username to use when connecting to CoreOS instance."),
     Flag("ssh-timeout", float, 10.0, "Seconds to allow for SSH connection initialization before failing."),
     Flag("strict-host-key-checking", bool, True, "Verify host keys presented by remote machines."),
@@ -80,8 +82,8 @@ _FOLLOW = Flag("follow", help="Continuously print new entries as they are append
 _JOURNAL_FLAGS = (Flag("lines", int, 10, "Number of recent log lines to return."), _FOLLOW, SSH_PORT,
                   Flag("sudo", help="Accepted for compatibility; not needed."),
                   Flag("output", str, "short", "Output mode (only short is supported)."))
-_SSH_FLAGS = (Flag("machine", help="Open SSH connection to a specific machine."),
-              Flag("unit", help="Open SSH connection to machine running provided unit."),
+_SSH_FLAGS = (Flag("machine", str, "", "Open SSH connection to a specific machine."),
+              Flag("unit", str, "", "Open SSH connection to machine running provided unit."),
               Flag("forward-agent", help="Forward local ssh-agent to target machine.", aliases=("A",)),
               SSH_PORT)
 _START = ("Instruct systemd to start one or more units in the cluster, first submitting and loading if "
@@ -110,8 +112,11 @@ COMMANDS = (
     Command("load", _LOAD, "UNIT...", units.load, (*BLOCK_FLAGS, REPLACE, SIGN)),
     Command("restart", "Instruct systemd to restart one or more units in the cluster.", "UNIT...",
             units.restart, BLOCK_FLAGS),
-    Command("ssh", "Open interactive shell on a machine in the cluster", "[--machine|--unit] {MACHINE|UNIT}",
-            remote.ssh, _SSH_FLAGS, interspersed=False),
+    Command("ssh", "Open interactive shell on a machine in the cluster",
+            "[-A|--forward-agent] [--machine|--unit] {MACHINE|UNIT}", remote.ssh, _SSH_FLAGS,
+            "Runs the rest of the arguments as a command (a shell without one) on a machine, named by an ID "
+            "prefix or by a unit scheduled to it; the command's exit code is fleetctl's. With --tunnel the "
+            "machine is reached from the tunnel host.", interspersed=False),
     Command("start", _START, "UNIT...", units.start, (*BLOCK_FLAGS, REPLACE, SIGN)),
     Command("status", "Output the status of one or more units in the cluster", "UNIT...", inspect.status,
             (SSH_PORT,), "Shows the status of units as the runtime of the machine running them reports it."),
@@ -225,10 +230,8 @@ def _make_client(options: dict[str, Any]) -> FleetClient:
                                  options["key-file"] or options["etcd-keyfile"])
     driver = str(options["driver"])
     if driver.lower() == "etcd":
-        endpoint = options["endpoint"]
-        if endpoint == DEFAULT_ENDPOINT:
-            endpoint = "http://127.0.0.1:2379,http://127.0.0.1:4001"
-        return etcd_client(endpoint, options["etcd-key-prefix"], float(options["request-timeout"]), context)
+        return etcd_client(_etcd_endpoints(options), options["etcd-key-prefix"],
+                           float(options["request-timeout"]), context)
     if driver.upper() != "API":
         raise ClientError(f'unrecognized driver "{driver}"')
 
@@ -238,9 +241,33 @@ def _make_client(options: dict[str, Any]) -> FleetClient:
                       debug if options["debug"] else None)
 
 
+def _etcd_endpoints(options: dict[str, Any]) -> str:
+    """The etcd URLs of ``--driver=etcd`` (fleet's defaults for the default endpoint)."""
+    endpoint = str(options["endpoint"])
+    return "http://127.0.0.1:2379,http://127.0.0.1:4001" if endpoint == DEFAULT_ENDPOINT else endpoint
+
+
+async def _open_tunnel(ctx: Context) -> None:
+    """With ``--tunnel``: connect, and point the endpoint flags at relays through the tunnel.
+    ``SshError`` when the tunnel cannot be opened."""
+    options = ctx.options
+    ctx.tunnel = Tunnel.of(options)
+    await ctx.tunnel.open()
+    if str(options["driver"]).lower() == "etcd":
+        urls = [await ctx.tunnel.url(u, tcp=True) for u in _etcd_endpoints(options).split(",") if u.strip()]
+        options["endpoint"] = ",".join(urls)
+    else:
+        options["endpoint"] = await ctx.tunnel.url(str(options["endpoint"]).split(",")[0])
+
+
 async def _run(command: Command, ctx: Context, args: list[str]) -> int:
     try:
+        if ctx.options.get("tunnel") and command.needs_client:
+            await _open_tunnel(ctx)
         return await command.run(ctx, args)
+    except SshError as err:
+        ctx.stderr(f"Unable to initialize client: failed to open the SSH tunnel: {err}")
+        return 1
     except ClientError as err:
         ctx.stderr(f"Error: {err}")
         return 1
@@ -265,9 +292,6 @@ def main(argv: list[str] | None = None) -> int:
     if options.get("help"):
         sys.stdout.write(command_help(command))
         return 0
-    if options.get("tunnel"):
-        print("Error: --tunnel is not supported; use ssh -L to forward the API", file=sys.stderr)
-        return 1
     ctx = Context(options, lambda: _make_client(options))
     try:
         return asyncio.run(_run(command, ctx, args))
