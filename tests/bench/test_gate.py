@@ -77,6 +77,39 @@ def test_every_workload_has_a_direction_and_a_group() -> None:
     assert spec_figures <= set(macro.WORKLOAD_BY_NAME)
 
 
+def test_every_workload_is_measured_by_some_phase() -> None:
+    """wrk specs, the watch counts of every mode and the memory figures cover all workloads."""
+    spec_figures = {name for spec in macro.WRK_SPECS for name, _ in spec.figures}
+    for mode in macro.MODES.values():
+        watches = {f"watch_{w}" for w in mode.watch}
+        memory = {"fill", "rss", "restart", "rss_restarted"}
+        assert spec_figures | watches | memory == set(macro.WORKLOAD_BY_NAME), mode.name
+
+
+def test_cluster_specs_load_the_leader_or_a_follower_and_single_ones_the_server() -> None:
+    for spec in macro.WRK_SPECS:
+        assert spec.target == ("single" if spec.group != "cluster" else spec.target)
+        assert spec.target in (("leader", "follower") if spec.group == "cluster" else ("single",))
+    [qget] = [s for s in macro.WRK_SPECS if s.figures[0][0] == "cluster_qget_c16"]
+    assert (qget.read_percent, qget.read_query, qget.connections) == (100, "?quorum=true", 16)
+    puts = {(s.target, s.connections) for s in macro.WRK_SPECS if s.group == "cluster" and not s.read_percent}
+    assert puts == {(to, c) for to in ("leader", "follower") for c in (1, 16, 64)}
+
+
+def test_titles_name_the_key_count_the_log_and_the_cluster_size() -> None:
+    settings = {"keys": 1_000_000, "members": 3}
+    assert macro.workload_title(macro.WORKLOAD_BY_NAME["restart"].title, settings) == (
+        "restart with 1,000,000 keys and 100,000 log entries until a read answers")
+    assert macro.workload_title(macro.WORKLOAD_BY_NAME["cluster_put_follower_c16"].title, settings) == (
+        "3 members: PUT to the follower, 16 conn")
+
+
+def test_memory_servers_snapshot_so_that_a_tenth_of_the_keys_stays_in_the_log() -> None:
+    assert macro.snapshot_count(1_000_000) == 900_000
+    assert macro.snapshot_count(20_000) == 18_000
+    assert macro.snapshot_count(1) == 1
+
+
 def test_recorder_keeps_runs_in_order_and_sums_errors() -> None:
     rec = macro.Recorder()
     rec.add("get_c1", "fastkv", 3.0)
@@ -95,23 +128,25 @@ def test_runs_alternate_between_the_two_servers() -> None:
 
 # -- command line -----------------------------------------------------------------------------------
 
-def test_more_than_one_member_stops_with_the_reason() -> None:
-    with pytest.raises(SystemExit, match="cannot form yet"):
-        macro.main(["--members", "3"], run=lambda *a: pytest.fail("must not run"))
+def test_a_cluster_of_one_member_is_refused_with_the_reason() -> None:
+    with pytest.raises(SystemExit, match="at least 2 members"):
+        macro.main(["--members", "1"], run=lambda *a, **k: pytest.fail("must not run"))
 
 
 def test_options_override_the_mode(capsys: pytest.CaptureFixture[str]) -> None:
     seen: dict[str, Any] = {}
 
     def fake_run(mode: macro.Mode, groups: set[str], candidate: str,
-                 results_dir: Path) -> tuple[dict[str, Any], Path]:
-        seen.update(mode=mode, groups=groups, candidate=candidate)
+                 results_dir: Path, members: int) -> tuple[dict[str, Any], Path]:
+        seen.update(mode=mode, groups=groups, candidate=candidate, members=members)
         return document(summary("get_c1", [1.0], [1.0])), results_dir / "x.json"
 
-    argv = ["--only", "get,watch", "--keys", "7", "--runs", "1", "--duration", "0.5"]
+    argv = ["--only", "get,watch,cluster", "--keys", "7", "--runs", "1", "--duration", "0.5",
+            "--memory-runs", "4", "--members", "5"]
     assert macro.main(argv, run=fake_run) == 0
-    assert seen["groups"] == {"get", "watch"} and seen["candidate"] == "fastkv"
+    assert seen["groups"] == {"get", "watch", "cluster"} and seen["candidate"] == "fastkv"
     assert (seen["mode"].keys, seen["mode"].runs, seen["mode"].duration_s) == (7, 1, 0.5)
+    assert (seen["mode"].memory_runs, seen["members"]) == (4, 5)
     assert "| GET one key, 1 conn |" in capsys.readouterr().out
 
 
@@ -181,6 +216,12 @@ def test_floors_file_names_known_workloads_in_their_direction() -> None:
     assert floors
     for name, floor in floors.items():
         assert floor.better == macro.WORKLOAD_BY_NAME[name].better, name
+
+
+def test_every_workload_has_a_limit_and_the_gate_mode_measures_them_all() -> None:
+    assert set(gate.load_floors()) == set(macro.WORKLOAD_BY_NAME)
+    gate_mode = macro.MODES["gate"]
+    assert {f"watch_{w}" for w in gate_mode.watch} == {w.name for w in macro.WORKLOADS if w.group == "watch"}
 
 
 def test_gate_checks_a_stored_result_and_exits_1_on_failure(tmp_path: Path,
