@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
+import math
 import multiprocessing
+import queue
 import statistics
 import sys
 import tempfile
@@ -62,10 +65,10 @@ from fleetd import __version__
 from fleetd.agent.loop import Agent, MachinePresence
 from fleetd.engine.loop import Engine
 from fleetd.engine.plan import EnginePlan
-from fleetd.etcd import EtcdClient, EtcdResult
+from fleetd.etcd import EtcdClient, EtcdKeyNotFound, EtcdResult
 from fleetd.job import JobState, Unit, UnitState
 from fleetd.machine import MachineState
-from fleetd.registry.layout import Layout
+from fleetd.registry.layout import Layout, children, decode_unit_state, read_jobs, read_unit_states
 from fleetd.registry.registry import Registry
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState, UnitStatus
 from fleetd.unit import UnitFile
@@ -79,6 +82,12 @@ SIDES = {"fastkv": ("fastkv", ""), "etcd": ("etcd", ""), "fastkv3": ("fastkv", "
 UNIT_TEXT = "[Unit]\nDescription=app %i\n[Service]\nExecStart=/bin/sleep 1000\n"
 RUNNING = ("active", "running")
 KINDS = ("GET", "QGET", "WATCH", "PUT", "DELETE")
+#: Seconds between two progress lines during a launch.
+PROGRESS_EVERY = 10.0
+#: Indexes the launch tracker's watch may fall behind before it reads the registry again.
+TRACKER_BACKLOG = 500
+#: Seconds between two such reads at least.
+TRACKER_READ_EVERY = 1.0
 
 FIGURES: tuple[Workload, ...] = (
     Workload("launch", "fleet", "submit and start U units on M machines until all report active", "s",
@@ -287,7 +296,7 @@ async def _run_machines(indexes: Sequence[int], urls: Sequence[str], scale: Scal
     slot per ``KINDS``) at the requests their clients sent; the engine rounds they recorded."""
     layout = Layout(PREFIX)
     clients: list[CountingClient] = []
-    tasks, engines = [], []
+    tasks, engines, agents = [], [], []
     for index in indexes:
         client = CountingClient(list(urls))
         registry = Registry(client, layout)
@@ -299,6 +308,7 @@ async def _run_machines(indexes: Sequence[int], urls: Sequence[str], scale: Scal
         engine.rounds = []
         await presence.register()
         await agent.start()
+        agents.append(agent)
         tasks += [asyncio.create_task(presence.run()), asyncio.create_task(engine.run())]
         clients.append(client)
         engines.append(engine)
@@ -307,7 +317,9 @@ async def _run_machines(indexes: Sequence[int], urls: Sequence[str], scale: Scal
         counted[:] = [sum(c.counts[kind] for c in clients) for kind in KINDS]
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    stopping = asyncio.gather(*tasks, *(agent.stop() for agent in agents), return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping, 30)
     for client in clients:
         await client.close()
     return [r for engine in engines for r in engine.rounds]
@@ -338,6 +350,19 @@ def start_registry(registry: str, tmp: Path) -> list[harness.Server]:
     return harness.start_all(members, 60)
 
 
+def worker_rounds(results: multiprocessing.Queue[Any], workers: int, timeout: float = 120.0) -> list[Round]:
+    """The engine rounds the workers report once stopped; a worker that does not report within
+    ``timeout`` seconds is left out (and said so)."""
+    rounds: list[Round] = []
+    for _ in range(workers):
+        try:
+            rounds += results.get(timeout=timeout)
+        except queue.Empty:
+            log(f"  a worker did not report its engine rounds within {timeout:.0f}s; left out")
+            break
+    return rounds
+
+
 def requests_received(servers: Sequence[harness.Server]) -> dict[str, float]:
     """``etcd_http_received_total`` by method, summed over the members."""
     total: dict[str, float] = {}
@@ -358,8 +383,78 @@ async def _poll(what: str, check: Any, timeout: float, period: float) -> Any:
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+class LaunchTracker:
+    """Where units are scheduled (``job/<name>/target``) and the states their machines published
+    (``states/<name>/<machine>``): a read of the prefix, then every event of a watch of it."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.schedule: dict[str, str] = {}
+        self.states: dict[tuple[str, str], UnitState] = {}
+
+    def reset(self, jobs_node: Mapping[str, Any] | None, states_node: Mapping[str, Any] | None) -> None:
+        """Start over from recursive reads of ``job/`` and ``states/`` (None when absent)."""
+        jobs = read_jobs(jobs_node)
+        self.schedule = {j.name: j.target_machine_id for j in jobs if j.target_machine_id}
+        self.states = {(s.unit_name, s.machine_id): s for s in read_unit_states(states_node)}
+
+    def apply(self, event: EtcdResult) -> None:
+        """Fold in one watch event (a ``get`` is a re-read of the prefix)."""
+        if event.action == "get":
+            parts = dict(children(event.node))
+            self.reset(parts.get("job"), parts.get("states"))
+            return
+        parts = self.layout.relative(event.key)
+        deleted = event.action in ("delete", "expire", "compareAndDelete")
+        if parts[:1] == ["job"] and (len(parts) == 2 or (len(parts) == 3 and parts[2] == "target")):
+            if deleted:
+                self.schedule.pop(parts[1], None)
+            elif len(parts) == 3:
+                self.schedule[parts[1]] = event.value or ""
+        elif parts[:1] == ["states"] and len(parts) == 3:
+            if deleted:
+                self.states.pop((parts[1], parts[2]), None)
+            else:
+                self.states[(parts[1], parts[2])] = decode_unit_state(event.value or "", parts[1], parts[2])
+        elif parts[:1] == ["states"] and len(parts) == 2 and deleted:
+            self.states = {k: v for k, v in self.states.items() if k[0] != parts[1]}
+
+    def launched(self) -> int:
+        return launched_count(self.schedule, self.states.values())
+
+
+async def _track(client: EtcdClient, tracker: LaunchTracker) -> None:
+    """Keep ``tracker`` current until cancelled: reads of ``job/`` and ``states/``, then a watch of the
+    prefix; once the watch falls more than ``TRACKER_BACKLOG`` indexes behind, the two are read again
+    (at most once every ``TRACKER_READ_EVERY`` seconds) rather than walking every change."""
+    last_read = -math.inf
+    while True:
+        await asyncio.sleep(max(0.0, last_read + TRACKER_READ_EVERY - time.monotonic()))
+        last_read = time.monotonic()
+        jobs = await _read_dir(client, tracker.layout.key("job"))
+        states = await _read_dir(client, tracker.layout.key("states"))
+        tracker.reset(jobs.node, states.node)
+        events = client.watch_forever(tracker.layout.key(), recursive=True,
+                                      wait_index=min(jobs.etcd_index, states.etcd_index) + 1)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                tracker.apply(event)
+                if event.etcd_index - event.modified_index > TRACKER_BACKLOG:
+                    break
+
+
+async def _read_dir(client: EtcdClient, key: str) -> EtcdResult:
+    """A quorum recursive read of ``key``; an empty answer (no node) at the current index if absent."""
+    try:
+        return await client.get(key, recursive=True, quorum=True)
+    except EtcdKeyNotFound as err:
+        return EtcdResult("get", None, etcd_index=err.index)
+
+
 async def _launch(urls: Sequence[str], scale: Scale) -> dict[str, Any]:
-    """Wait for the machines, submit the units, wait until all run; the times and the placement."""
+    """Wait for the machines, submit the units, wait until all run; the times and the placement.
+    The launch is followed through a watch of the registry (one request per change), not by polling
+    reads of the whole registry, which would load the registry being measured."""
     async with EtcdClient(list(urls), request_timeout=30) as client:
         registry = Registry(client, Layout(PREFIX))
 
@@ -368,6 +463,8 @@ async def _launch(urls: Sequence[str], scale: Scale) -> dict[str, Any]:
         await _poll("the machines to register", machines_up, 120, 0.25)
         template = UnitFile.from_text(UNIT_TEXT)
         names = [f"app@{i}.service" for i in range(scale.units)]
+        tracker = LaunchTracker(registry.layout)
+        tracking = asyncio.create_task(_track(client, tracker))
         started = time.monotonic()
         queue = list(reversed(names))
 
@@ -377,16 +474,29 @@ async def _launch(urls: Sequence[str], scale: Scale) -> dict[str, Any]:
         await asyncio.gather(*(submitter() for _ in range(16)))
         submitted = time.monotonic()
 
+        scheduled: list[float] = []
+
+        progress = [time.monotonic()]
+
         async def all_running() -> bool:
-            jobs, _ = await registry.jobs()
-            schedule = {j.name: j.target_machine_id for j in jobs if j.target_machine_id}
-            return launched_count(schedule, await registry.unit_states()) == scale.units
-        await _poll("every unit to run", all_running, 600, 0.25)
+            if tracking.done():
+                tracking.result()  # the watch failed: say why
+            now = time.monotonic()
+            if len(tracker.schedule) == scale.units and not scheduled:
+                scheduled.append(now)
+            launched = tracker.launched()
+            if now - progress[-1] >= PROGRESS_EVERY:
+                progress.append(now)
+                log(f"    after {now - started:.0f}s: {len(tracker.schedule)} scheduled, {launched} running")
+            return launched == scale.units
+        await _poll("every unit to run", all_running, 600, 0.05)
         launched = time.monotonic()
         launched_wall = time.time()
+        tracking.cancel()
         snapshot = (await registry.read()).snapshot
     per_machine = [list(snapshot.schedule.values()).count(m.id) for m in snapshot.machines]
     return {"submit": submitted - started, "launch": launched - started, "launched_wall": launched_wall,
+            "scheduled": (scheduled or [launched])[0] - started,
             "units_per_machine": [min(per_machine, default=0), max(per_machine, default=0)]}
 
 
@@ -411,8 +521,9 @@ def measure(registry: str, scale: Scale, tmp: Path) -> Measurement:
         for process in workers:
             process.start()
         launch = asyncio.run(_launch(urls, scale))
-        log(f"  {registry}: submitted in {launch['submit']:.1f}s, all {scale.units} running after "
-            f"{launch['launch']:.1f}s (units per machine {launch['units_per_machine']})")
+        log(f"  {registry}: submitted in {launch['submit']:.1f}s, all {scale.units} scheduled after "
+            f"{launch['scheduled']:.1f}s and running after {launch['launch']:.1f}s (units per machine "
+            f"{launch['units_per_machine']})")
         time.sleep(2.0)  # let the last publishes and heartbeats of the launch settle
         before, received_before, t0 = sent(), requests_received(servers), time.monotonic()
         time.sleep(scale.window)
@@ -425,7 +536,7 @@ def measure(registry: str, scale: Scale, tmp: Path) -> Measurement:
         log(f"  {registry}: {rate:,.0f} registry requests/s in steady state {per_kind}; counted by the "
             f"registry (etcd_http_received_total): {per_method}")
         stop.set()
-        rounds = [r for _ in workers for r in results.get(timeout=60)]
+        rounds = worker_rounds(results, len(workers))
     finally:
         stop.set()
         for process in workers:
@@ -438,6 +549,7 @@ def measure(registry: str, scale: Scale, tmp: Path) -> Measurement:
                                         "steady_rps": rate}
     figures.update(reconcile_figures(rounds, launch["launched_wall"]))
     return Measurement(registry, figures, {"units_per_machine": launch["units_per_machine"],
+                                           "scheduled_after_s": round(launch["scheduled"], 2),
                                            "engine_rounds": len(rounds), "steady_rps_by_kind": per_kind,
                                            "steady_rps_received_by_registry": per_method})
 

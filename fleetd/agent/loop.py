@@ -10,18 +10,22 @@ Three pieces, each a thin adapter around pure code:
   key's ``createdIndex``, and only a key with exactly that index is taken over (a duplicate machine ID
   on another machine is not).
 * ``JobView`` is the agent's copy of ``job/``: one GET of the directory, then kept current from the
-  values carried by the watch events; a resync (etcd's history outrun) or a broken watch reads it again,
-  and so does every periodic (not event-driven) reconcile, so the view converges to the registry even if
-  an event was missed. The view carries the etcd index it reflects and never moves backwards.
-  An event costs no GET, so registry load grows with the number of changes, not with machines times
-  changes. Unit blobs are fetched only for units that can concern this machine (scheduled here, or
-  wanting to run without a target: global units and units waiting for the engine) and cached by hash.
+  values carried by the watch events; a resync (etcd's history outrun, or the watch so far behind that
+  one read is cheaper than walking the history: ``CatchUp``) or a broken watch reads it again,
+  and so does a periodic (not event-driven) reconcile once ``VIEW_REFRESH_INTERVAL`` seconds have passed
+  since the last read, so the view converges to the registry even if an event was missed. The view
+  carries the etcd index it reflects and never moves backwards. An event costs no GET, so registry load
+  grows with the number of changes, not with machines times changes. Unit blobs are fetched only for
+  units that can concern this machine (scheduled here, or wanting to run without a target: global units
+  and units waiting for the engine) and cached by hash; a unit waiting for the engine whose blob is
+  known and not global concerns no agent, and neither wakes nor enters a reconcile.
 * ``Agent`` reconciles on every event that may concern this machine (a unit scheduled here or taken
-  away, the desired state or content of such a unit, a global unit) and every ``RECONCILE_INTERVAL``
-  seconds: desired (``fleetd.agent.plan.desired_units``) against current (what the runtime has loaded
-  and the state the agent drove it to) gives ordered tasks, executed through the runtime and logged
-  with their reasons. Every ``STATE_POLL_INTERVAL`` it publishes the runtime's state of each loaded
-  unit when it changed, re-publishes it before its TTL runs out, and heartbeats launched units.
+  away, the desired state or content of such a unit, a global unit, a unit whose blob is not known yet)
+  and every ``RECONCILE_INTERVAL`` seconds: desired (``fleetd.agent.plan.desired_units``) against
+  current (what the runtime has loaded and the state the agent drove it to) gives ordered tasks,
+  executed through the runtime and logged with their reasons. Every ``STATE_POLL_INTERVAL`` it
+  publishes the runtime's state of each loaded unit when it changed, re-publishes it before its TTL
+  runs out, and heartbeats launched units (``PUBLISH_CONCURRENCY`` writes at a time).
 
 Differences from fleet:
 
@@ -39,11 +43,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,10 +57,10 @@ from fleetd.agent.plan import AgentTask, AgentTaskKind, LoadedUnit
 from fleetd.backoff import Backoff
 from fleetd.etcd import EtcdCompareFailed, EtcdException, EtcdKeyNotFound, EtcdNodeExists
 from fleetd.files import write_atomically
-from fleetd.job import JobState, Unit, UnitState
+from fleetd.job import JobState, Unit, UnitState, requirements_of
 from fleetd.machine import MachineState, merge_metadata
 from fleetd.registry.layout import EtcdOp, JobRecord, OpKind, decode_job_object, decode_target_state
-from fleetd.registry.registry import JobEvent, Registry
+from fleetd.registry.registry import CatchUp, JobEvent, Registry, bounded_gather, catch_up_backlog
 from fleetd.runtime.base import UnitRuntime, UnitRuntimeError
 from fleetd.unit import go_quote
 
@@ -63,6 +68,15 @@ log = logging.getLogger("fleetd.agent")
 
 #: Seconds between two reconciles when nothing happens (fleet: 5 s, fixed).
 RECONCILE_INTERVAL = 5.0
+#: Seconds after which a periodic reconcile reads ``job/`` again (the watch keeps the view current).
+VIEW_REFRESH_INTERVAL = 60.0
+#: Seconds between two reads of ``job/`` by a watch that fell behind (``CatchUp``).
+CATCH_UP_INTERVAL = 5.0
+#: Unit states and heartbeats a publish writes together at most.
+PUBLISH_CONCURRENCY = 8
+#: Seconds between two attempts to read ``job/`` again after the registry failed, at most (the delay
+#: doubles from ``STATE_POLL_INTERVAL``: an overloaded registry is not answered with more big reads).
+WATCH_RETRY_CAP = 8.0
 #: Seconds between two looks at the runtime's unit states (fleet: 1 s).
 STATE_POLL_INTERVAL = 1.0
 #: Active states in which a unit found at startup counts as launched.
@@ -302,7 +316,7 @@ class Agent:
         self.view = JobView(machine.id)
         self.current: dict[str, LoadedUnit] = {}
         self.dynamic_metadata: dict[str, str] = {}
-        self._globals: dict[str, tuple[str, bool]] = {}  # name -> (hash, is global)
+        self._view_read_at = -math.inf
         self._published: dict[str, tuple[UnitState, float]] = {}
         self._beats: dict[str, float] = {}
         self._refused: dict[str, str] = {}
@@ -368,20 +382,27 @@ class Agent:
 
     async def _watch_loop(self) -> None:
         backoff = Backoff()
+        retry = Backoff(STATE_POLL_INTERVAL, WATCH_RETRY_CAP)  # registry trouble: no read storm
         while True:
             try:
                 index = await self.refresh_view()
                 self._wake.set()
-                async for event in self.registry.watch_jobs(index + 1, triggers_only=False):
+                catch_up = CatchUp(lambda: catch_up_backlog(len(self.view.jobs)), CATCH_UP_INTERVAL)
+                events = self.registry.watch_jobs(index + 1, triggers_only=False, catch_up=catch_up)
+                async for event in events:
                     if event.resync:
-                        log.info("Watch of the registry fell behind; reading it again")
-                        break
+                        log.debug("Watch of the registry fell behind; read job/ again at %d", event.index)
+                        self._reset_view(event.jobs or (), event.index)
+                        self._wake.set()
+                        continue
                     if self.view.apply(event, self._known_global):
                         self._wake.set()
                     backoff.reset()
+                    retry.reset()
             except EtcdException as err:
-                log.warning("Watching the registry failed: %s", err)
-                await asyncio.sleep(STATE_POLL_INTERVAL)
+                delay = retry.next_delay()
+                log.warning("Watching the registry failed: %s; reading it again in %.0fs", err, delay)
+                await asyncio.sleep(delay)
             except Exception:
                 await asyncio.sleep(backoff.unexpected(log, "Watching the registry"))
 
@@ -392,8 +413,9 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 woken = await asyncio.wait_for(self._wake.wait(), RECONCILE_INTERVAL)
             self._wake.clear()
+            refresh = not woken and self.clock() - self._view_read_at >= VIEW_REFRESH_INTERVAL
             try:
-                await self.reconcile_round(periodic=not woken)
+                await self.reconcile_round(periodic=refresh)
                 backoff.reset()
             except EtcdException as err:
                 log.warning("Agent reconcile could not read the registry: %s (units keep running)", err)
@@ -428,10 +450,15 @@ class Agent:
         """Read ``job/`` again; returns the etcd index it was read at. A read older than the view (it
         raced the watch) leaves the view as it is."""
         jobs, index = await self.registry.jobs()
+        self._reset_view(jobs, index)
+        return index
+
+    def _reset_view(self, jobs: Iterable[JobRecord], index: int) -> None:
+        """Take a read of ``job/`` at ``index`` into the view (unless the view is newer)."""
+        self._view_read_at = self.clock()
         if self.view.reset(jobs, index):
             # Usually changes the watch has not delivered yet; a lost event would show up here too.
             log.debug("job/ read at index %d differed from the watched view; using what was read", index)
-        return index
 
     async def refresh_metadata(self) -> None:
         """Read this machine's dynamic metadata (API PATCH); wake the reconcile when it changed."""
@@ -442,23 +469,26 @@ class Agent:
             self._wake.set()
 
     def _known_global(self, name: str) -> bool | None:
+        """Whether ``name`` is a global unit, None while its blob has not been read."""
         job = self.view.jobs.get(name)
-        known = self._globals.get(name)
-        if job is None or known is None or known[0] != job.unit_hash.hex:
-            return None
-        return known[1]
+        unit_file = None if job is None else self.registry.cached_unit_file(job.unit_hash.hex)
+        return None if unit_file is None else requirements_of(unit_file, name).is_global
 
     async def candidate_units(self) -> dict[str, Unit]:
-        """The units that can concern this machine, with their unit files (blobs fetched once by hash)."""
+        """The units that concern this machine, with their unit files (blobs fetched once by hash):
+        those scheduled here, and global units wanting to run."""
         units = {}
         for job in self.view.candidates():
+            here = job.target_machine_id == self.machine_id
+            if not here and self._known_global(job.name) is False:
+                continue  # waits for the engine to place it
             unit_file = await self.registry.unit_file(job.unit_hash.hex)
             if unit_file is None:
                 log.warning("Unit(%s) has no unit file %s in the registry", job.name, job.unit_hash.hex)
                 continue
             unit = Unit(job.name, unit_file, job.target_state)
-            self._globals[job.name] = (job.unit_hash.hex, unit.is_global)
-            units[job.name] = unit
+            if here or unit.is_global:
+                units[job.name] = unit
         return units
 
     # -- reconciling -----------------------------------------------------------------------------------
@@ -546,6 +576,7 @@ class Agent:
         now, period = self.clock(), republish_period(self.ttl)
         names = sorted(self.current)
         states = await self.runtime.states(names) if names else {}
+        saves: list[Callable[[], Awaitable[None]]] = []
         for name in names:
             loaded = self.current.get(name)  # a reconcile may unload units while this one awaits
             if loaded is None:
@@ -555,14 +586,23 @@ class Agent:
                               runtime_state.active_state, runtime_state.sub_state)
             previous = self._published.get(name)
             if previous is None or not state.same_systemd_state(previous[0]) or now - previous[1] >= period:
-                await self.registry.save_unit_state(state, self.ttl)
-                self._published[name] = (state, now)
+                saves.append(functools.partial(self._save_state, state, now))
+        await bounded_gather(saves, PUBLISH_CONCURRENCY)
         for name in sorted(set(self._published) - set(self.current)):
             await self.registry.remove_unit_state(name, self.machine_id)
             del self._published[name]
+        beats: list[Callable[[], Awaitable[None]]] = []
         for name in names:
             loaded = self.current.get(name)
             launched = loaded is not None and loaded.state is JobState.LAUNCHED
             if launched and now - self._beats.get(name, -math.inf) >= period:
-                await self.registry.job_heartbeat(name, self.machine_id, self.ttl)
-                self._beats[name] = now
+                beats.append(functools.partial(self._beat, name, now))
+        await bounded_gather(beats, PUBLISH_CONCURRENCY)
+
+    async def _save_state(self, state: UnitState, now: float) -> None:
+        await self.registry.save_unit_state(state, self.ttl)
+        self._published[state.unit_name] = (state, now)
+
+    async def _beat(self, name: str, now: float) -> None:
+        await self.registry.job_heartbeat(name, self.machine_id, self.ttl)
+        self._beats[name] = now

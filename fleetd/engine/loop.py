@@ -2,13 +2,27 @@
 
 Every fleetd runs an ``Engine`` (unless ``disable_engine``); each round it checks the cluster's engine
 version and takes part in the leader election through ``EngineLeadership`` (lease TTL = 5 x the
-reconcile interval). The leader reconciles: it reads the whole registry in one GET, computes
-``fleetd.engine.plan.plan`` and performs each task through the registry (create-only schedule,
-compare-and-delete unschedule), logging ``Scheduled Unit(x) to Machine(y)`` with the task's reason.
+reconcile interval). The leader reconciles: it computes ``fleetd.engine.plan.plan`` from its copy of
+the registry and performs the tasks through the registry (create-only schedule, compare-and-delete
+unschedule), logging ``Scheduled Unit(x) to Machine(y)`` with the task's reason.
 
 When it reconciles: every ``interval`` seconds, and -- leader only -- at once on registry events that
 can change a decision: a unit's desired state, target or existence (``job/``), a machine appearing,
 leaving, expiring or changing metadata (``machines/``). Followers only renew their view of the lease.
+
+A round whose view has not changed since a round that had nothing to do (no task, no unit held in a
+grace period, no registry outage being waited out, no unit file missing) plans nothing and writes
+nothing.
+
+What it reads (fleet re-reads the whole registry every round): a ``RegistryView`` of ``job/``,
+``machines/`` and ``engine/unplaced/``, read in full when the engine becomes leader and then kept current
+from its watches of ``job/`` and ``machines/`` and from the answers to its own writes, so a round costs
+registry reads in proportion to what changed (the blobs of new unit files). The sections are read in full
+again every ``full_read_interval`` seconds, after a watch broke, after a round failed unexpectedly, and
+on every round when watches are disabled; a watch that fell behind reads its section again itself
+(``CatchUp``), as it does when etcd's history was outrun. Tasks are written up to
+``WRITE_CONCURRENCY`` at a time (a unit's own tasks in order; a unit with MachineOf peers only once the
+tasks before it are done), and the first task that fails abandons the batches after it.
 
 Additions to fleet:
 
@@ -31,31 +45,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from fleetd.backoff import Backoff
 from fleetd.config import LEASE_TTL_FACTOR
 from fleetd.engine import plan as engine_plan
 from fleetd.engine.plan import EngineConfig, EnginePlan, EngineTask, EngineTaskKind, update_last_seen
-from fleetd.etcd import EtcdException, EtcdResult, EtcdUnavailable
-from fleetd.registry.registry import EngineLeadership, Registry
+from fleetd.etcd import EtcdException, EtcdUnavailable
+from fleetd.job import Unit
+from fleetd.machine import MachineState
+from fleetd.registry.layout import EtcdOp, JobRecord
+from fleetd.registry.registry import CatchUp, EngineLeadership, Registry, bounded_gather, catch_up_backlog
+from fleetd.registry.view import JOBS, MACHINES, RegistryView
 
 log = logging.getLogger("fleetd.engine")
 
 #: Seconds between two garbage collections of unit blobs.
 GC_INTERVAL = 60.0
-#: Actions on a machine object that do not change what the engine sees (heartbeats).
-_QUIET_MACHINE_ACTIONS = frozenset({"update", "compareAndSwap"})
+#: Seconds between two full reads of the registry while the watches keep the view current.
+FULL_READ_INTERVAL = 30.0
+#: Registry writes an engine round issues together at most.
+WRITE_CONCURRENCY = 32
+#: Seconds between two reads of a section by a watch that fell behind (``CatchUp``).
+CATCH_UP_INTERVAL = 1.0
 
 
-def machine_event_matters(event: EtcdResult) -> bool:
-    """True for a ``machines/`` event that can change a scheduling decision: anything but a heartbeat
-    rewriting a machine's object with the same value."""
-    if event.action not in _QUIET_MACHINE_ACTIONS or not event.key.endswith("/object"):
-        return True
-    return (event.prev_node or {}).get("value") != event.value
+def task_batches(tasks: Sequence[EngineTask], units: Mapping[str, Unit],
+                 limit: int = WRITE_CONCURRENCY) -> list[list[list[EngineTask]]]:
+    """Split a plan's tasks into batches of at most ``limit`` chains, written one batch after another,
+    the chains of a batch concurrently and the tasks of a chain in order.
+
+    A chain holds the tasks of one unit, in plan order. A task of a unit with MachineOf peers starts a
+    new batch, so it is written only once every task before it (its peers' among them) succeeded.
+    """
+    batches: list[list[list[EngineTask]]] = []
+    chains: dict[str, list[EngineTask]] = {}
+    for task in tasks:
+        unit = units.get(task.unit_name)
+        alone = unit is not None and bool(unit.requirements.peers)
+        if task.unit_name in chains and not alone:
+            chains[task.unit_name].append(task)
+            continue
+        if alone or not batches or len(batches[-1]) >= limit:
+            batches.append([])
+            chains = {}
+        chains[task.unit_name] = [task]
+        batches[-1].append(chains[task.unit_name])
+    return batches
 
 
 class Engine:
@@ -63,19 +103,23 @@ class Engine:
 
     def __init__(self, registry: Registry, machine_id: str, *, interval: float,
                  config: EngineConfig | None = None, watches: bool = True, gc_interval: float = GC_INTERVAL,
-                 machine_ttl: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 machine_ttl: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 full_read_interval: float = FULL_READ_INTERVAL) -> None:
         self.registry = registry
         self.machine_id = machine_id
         self.config = config or EngineConfig()
         self.watches = watches
         self.gc_interval = gc_interval
+        self.full_read_interval = full_read_interval
         self.clock = clock
         self.leadership = EngineLeadership(registry, machine_id, LEASE_TTL_FACTOR * interval)
         self.interval = interval
         self.leading = False
+        self.view: RegistryView | None = None
+        self._read_at = -math.inf
+        self._settled: tuple[int, int] | None = None  # (view, generation) of a round with nothing to do
         self._wake = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
-        self._published: dict[str, str] | None = None
         self._backoff = Backoff()
         self._last_seen: dict[str, float] = {}
         self._last_gc = clock()
@@ -100,6 +144,7 @@ class Engine:
                     log.warning("Engine round failed: %s", err)
                     self._registry_lost = self._registry_lost or isinstance(err, EtcdUnavailable)
                 except Exception:
+                    self._read_at = -math.inf
                     await asyncio.sleep(self._backoff.unexpected(log, "Engine round"))
                 else:
                     self._backoff.reset()
@@ -140,36 +185,69 @@ class Engine:
         elif self.leading and not leading:
             log.info("Engine leadership lost: %s", why)
             await self._stop_watching()
-            self._published = None
+            self.view, self._settled = None, None
         self.leading = leading
 
     async def reconcile(self) -> EnginePlan:
-        """Read the registry, plan, perform the tasks and publish why units stay unplaced."""
-        read = await self.registry.read()
-        snapshot = read.snapshot
+        """Bring the view up to date, plan, perform the tasks and publish why units stay unplaced."""
         now = self.clock()
-        config = self._round_config(now, snapshot.schedule.values())
-        forget_after = max(config.grace * 2, 60.0)
-        present = (m.id for m in snapshot.machines)
-        self._last_seen = update_last_seen(self._last_seen, present, now, forget_after)
-        plan = engine_plan.plan(snapshot.units, snapshot.schedule, snapshot.machines, now=now,
-                                machines_last_seen=self._last_seen, config=config)
-        performed = True
-        for task in plan.tasks:
-            performed = await self._perform(task)
-            if not performed:
-                self._wake.set()
-                break
-        if performed:  # else the plan's reasons are stale too: the next round (at once) publishes
-            self._published = dict(read.unplaced)
+        view = await self._current_view(now)
+        jobs, machines = view.jobs(), view.machines()
+        if self._settled == (id(view), view.generation) and self._recovered_at is None:
+            self._see(machines, now, self.config)
+            await self._collect_garbage(now, jobs)
+            return EnginePlan()  # nothing changed since a round that had nothing to do
+        await self.registry.fetch_unit_files(job.unit_hash.hex for job in jobs)
+        units, schedule = self._units(jobs)
+        config = self._round_config(now, schedule.values())
+        self._see(machines, now, config)
+        plan = engine_plan.plan(units, schedule, machines, now=now, machines_last_seen=self._last_seen,
+                                config=config)
+        self._settled = None
+        if await self._perform_all(plan.tasks, units):  # else the reasons are stale too: the next round
             await self._publish_reasons({u.unit_name: u.reason for u in (*plan.unplaced, *plan.held)})
+            if not plan.tasks and not plan.held and self.watches and len(units) == len(jobs):
+                self._settled = (id(view), view.generation)
         if self.watches and self._watch_task is None:
-            self._watch_task = asyncio.create_task(self._watch(read.index + 1))
+            self._watch_task = asyncio.create_task(self._watch(view))
+        await self._collect_garbage(now, jobs)
+        return plan
+
+    def _see(self, machines: Iterable[MachineState], now: float, config: EngineConfig) -> None:
+        """Note the machines present at ``now`` (``update_last_seen``)."""
+        forget_after = max(config.grace * 2, 60.0)
+        self._last_seen = update_last_seen(self._last_seen, (m.id for m in machines), now, forget_after)
+
+    async def _collect_garbage(self, now: float, jobs: Iterable[JobRecord]) -> None:
+        """Delete unused unit blobs every ``gc_interval`` seconds."""
         if now - self._last_gc >= self.gc_interval:
             self._last_gc = now
-            for unit_hash in await self.registry.collect_garbage():
+            for unit_hash in await self.registry.collect_garbage({job.unit_hash.hex for job in jobs}):
                 log.info("Deleted unused unit file %s", unit_hash)
-        return plan
+
+    async def _current_view(self, now: float) -> RegistryView:
+        """The view, read in full first when it is missing, stale, due or not kept by watches."""
+        view = self.view
+        due = now - self._read_at >= self.full_read_interval
+        if view is None or not self.watches or view.stale or not view.loaded or due:
+            view = view or RegistryView(self.registry.layout)
+            self.view = view
+            await self.registry.read_view(view)
+            self._read_at = now
+        return view
+
+    def _units(self, jobs: Iterable[JobRecord]) -> tuple[dict[str, Unit], dict[str, str]]:
+        """The units whose blobs are known, and the stored schedule (non-global units only)."""
+        units: dict[str, Unit] = {}
+        schedule: dict[str, str] = {}
+        for job in jobs:
+            unit_file = self.registry.cached_unit_file(job.unit_hash.hex)
+            if unit_file is None:
+                continue
+            unit = units[job.name] = Unit(job.name, unit_file, job.target_state)
+            if job.target_machine_id and not unit.is_global:
+                schedule[job.name] = job.target_machine_id
+        return units, schedule
 
     def _round_config(self, now: float, targets: Iterable[str]) -> EngineConfig:
         """The configuration of a round read at ``now``: the configured one, with at least
@@ -186,70 +264,85 @@ class Engine:
             return self.config
         return dataclasses.replace(self.config, grace=max(self.config.grace, self.machine_ttl))
 
+    async def _perform_all(self, tasks: Sequence[EngineTask], units: Mapping[str, Unit]) -> bool:
+        """Write the tasks batch by batch (``task_batches``); False (and a round at once) when one
+        failed, leaving the batches after it undone."""
+        for batch in task_batches(tasks, units):
+            done = await asyncio.gather(*(self._perform_chain(chain) for chain in batch))
+            if not all(done):
+                self._wake.set()
+                return False
+        return True
+
+    async def _perform_chain(self, chain: Iterable[EngineTask]) -> bool:
+        for task in chain:
+            if not await self._perform(task):
+                return False
+        return True
+
     async def _perform(self, task: EngineTask) -> bool:
         """Write one task; False (logged) when its precondition no longer holds."""
+        writes = self.registry.writes
         if task.kind is EngineTaskKind.SCHEDULE:
-            done = await self.registry.schedule_unit(task.unit_name, task.machine_id)
+            op = writes.schedule_unit(task.unit_name, task.machine_id)
         else:
-            done = await self.registry.unschedule_unit(task.unit_name, task.machine_id)
+            op = writes.unschedule_unit(task.unit_name, task.machine_id)
+        done = await self._write(op)
         if done:
             log.info("%s: %s", task.describe(), task.reason)
         else:
             log.info("Engine task %s not done: the unit changed meanwhile; reconciling again", task)
         return done
 
+    async def _write(self, op: EtcdOp) -> bool:
+        """Perform ``op`` and fold its answer into the view; False when its precondition failed."""
+        result = await self.registry.try_apply(op)
+        if result is not None and self.view is not None:
+            self.view.apply(result)
+        return result is not None
+
     async def _publish_reasons(self, reasons: Mapping[str, str]) -> None:
-        """Make ``engine/unplaced/`` equal ``reasons``, writing only the differences (from what the
-        round's read found published, so reasons written or removed by anyone else converge too)."""
-        if self._published is None:
-            self._published = await self.registry.unplaced_reasons()
-        for name, reason in sorted(reasons.items()):
-            if self._published.get(name) != reason:
-                log.info("Unit(%s) not scheduled: %s", name, reason)
-                await self.registry.set_unplaced_reason(name, reason)
-                self._published[name] = reason
-        for name in sorted(set(self._published) - set(reasons)):
-            await self.registry.clear_unplaced_reason(name)
-            del self._published[name]
+        """Make ``engine/unplaced/`` equal ``reasons``, writing only the differences from what the view
+        holds (read in full from the registry, so reasons written or removed by anyone else converge)."""
+        published = self.view.unplaced() if self.view is not None else {}
+        writes = self.registry.writes
+        changed = [name for name, reason in sorted(reasons.items()) if published.get(name) != reason]
+        gone = sorted(set(published) - set(reasons))
+        for name in changed:
+            log.info("Unit(%s) not scheduled: %s", name, reasons[name])
+        ops = [*(writes.set_unplaced_reason(name, reasons[name]) for name in changed),
+               *(writes.clear_unplaced_reason(name) for name in gone)]
+        await bounded_gather((functools.partial(self._write, op) for op in ops), WRITE_CONCURRENCY)
 
     # -- watching --------------------------------------------------------------------------------------
 
-    async def _watch(self, index: int) -> None:
-        """Wake the reconcile on job and machine changes from ``index`` on, until cancelled."""
-        await asyncio.gather(self._watch_jobs(index), self._watch_machines(index))
+    async def _watch(self, view: RegistryView) -> None:
+        """Keep ``view`` current from the watches of ``job/`` and ``machines/``, waking the reconcile
+        on changes that can alter a decision, until cancelled."""
+        await asyncio.gather(*(self._keep_watching(view, section) for section in (JOBS, MACHINES)))
 
-    async def _watch_jobs(self, index: int) -> None:
-        async def jobs(since: int) -> None:
-            async for _ in self.registry.watch_jobs(since):
-                self._wake.set()
-
-        await self._keep_watching("Engine job watch", jobs, index)
-
-    async def _watch_machines(self, index: int) -> None:
-        machines = self.registry.layout.machines_dir()
-
-        async def presence(since: int) -> None:
-            async for event in self.registry.client.watch_forever(machines, recursive=True,
-                                                                  wait_index=since):
-                if event.action == "get" or machine_event_matters(event):
-                    self._wake.set()
-
-        await self._keep_watching("Engine machine watch", presence, index)
-
-    async def _keep_watching(self, what: str, watch: Callable[[int], Awaitable[None]], index: int) -> None:
-        """Run ``watch(index)`` for ever: after a registry error wait a second, after anything else
-        back off, and start again from the current state (index 0)."""
+    async def _keep_watching(self, view: RegistryView, section: str) -> None:
+        """Watch ``section`` for ever from the view's read on. A re-read (etcd's history was outrun,
+        or the watch fell behind: ``CatchUp``) resets the section; after a registry error wait a second,
+        after anything else back off; either way the view is marked stale (read again at the next
+        round) and the watch starts over from the section's last read."""
         backoff = Backoff()
+        catch_up = CatchUp(lambda: catch_up_backlog(view.size(section)), CATCH_UP_INTERVAL)
         while True:
             try:
-                await watch(index)
+                async for event in self.registry.watch_section(section, view.index(section) + 1, catch_up):
+                    if event.action == "get":
+                        view.reset(section, event.node, event.etcd_index)
+                        self._wake.set()
+                    elif view.apply(event):
+                        self._wake.set()
             except EtcdException as err:
-                log.debug("%s failed: %s", what, err)
+                log.debug("Engine watch of %s failed: %s", section, err)
                 await asyncio.sleep(1.0)
-                index = 0
             except Exception:
-                await asyncio.sleep(backoff.unexpected(log, what))
-                index = 0
+                await asyncio.sleep(backoff.unexpected(log, f"Engine watch of {section}"))
+            view.mark_stale(section)
+            self._wake.set()
 
     async def _stop_watching(self) -> None:
         task, self._watch_task = self._watch_task, None
@@ -257,4 +350,3 @@ class Engine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-

@@ -300,20 +300,22 @@ class JobRecord:
     heartbeat: str = ""
 
 
+def job_record(name: str, leaves: Mapping[str, str]) -> JobRecord | None:
+    """The record of ``job/<name>`` from its leaves (leaf name -> value); None without a valid ``object``."""
+    if "object" not in leaves:
+        return None
+    try:
+        _, unit_hash = decode_job_object(leaves["object"])
+    except LayoutError:
+        return None
+    return JobRecord(name, unit_hash, decode_target_state(leaves.get("target-state", "")),
+                     leaves.get("target", ""), leaves.get("job-state", ""))
+
+
 def read_jobs(jobs_node: Mapping[str, Any] | None) -> list[JobRecord]:
     """Parse a recursive GET of ``job/``; directories without a valid ``object`` are skipped."""
-    records = []
-    for name, job_dir in children(jobs_node):
-        leaves = leaf_values(job_dir)
-        if "object" not in leaves:
-            continue
-        try:
-            _, unit_hash = decode_job_object(leaves["object"])
-        except LayoutError:
-            continue
-        records.append(JobRecord(name, unit_hash, decode_target_state(leaves.get("target-state", "")),
-                                 leaves.get("target", ""), leaves.get("job-state", "")))
-    return records
+    records = (job_record(name, leaf_values(job_dir)) for name, job_dir in children(jobs_node))
+    return [record for record in records if record is not None]
 
 
 def read_unit_blobs(units_node: Mapping[str, Any] | None,
@@ -342,14 +344,19 @@ def read_machines(machines_node: Mapping[str, Any] | None) -> list[MachineState]
     for _, machine_dir in children(machines_node):
         leaves = dict(children(machine_dir))
         obj = leaves.get("object")
-        if obj is None:
-            continue
-        dynamic = leaf_values(leaves.get("metadata"))
-        try:
-            machines.append(decode_machine_object(str(obj.get("value", "")), dynamic))
-        except LayoutError:
-            continue
+        machine = None if obj is None else machine_record(str(obj.get("value", "")),
+                                                           leaf_values(leaves.get("metadata")))
+        if machine is not None:
+            machines.append(machine)
     return machines
+
+
+def machine_record(object_value: str, dynamic_metadata: Mapping[str, str]) -> MachineState | None:
+    """A machine from its ``object`` value and dynamic metadata; None if the object is not fleet's."""
+    try:
+        return decode_machine_object(object_value, dynamic_metadata)
+    except LayoutError:
+        return None
 
 
 def read_dynamic_metadata(machines_node: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:

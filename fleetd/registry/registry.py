@@ -12,14 +12,21 @@ Differences from fleet, all additive:
 * ``watch_jobs`` also reports a destroyed unit (deletion of ``job/<name>``), and a resync marker when
   etcd's event history was outrun, so a watcher never silently misses a change.
 * ``collect_garbage`` deletes ``unit/<hash>`` blobs that no job references (fleet never deletes them).
+* ``read_view``/``watch_section`` keep a ``RegistryView`` (the engine's copy of ``job/``, ``machines/``
+  and ``engine/unplaced/``); ``watch_tree`` reads a watched directory again when the watch fell so far
+  behind that one read is cheaper than walking etcd's history (``CatchUp``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import math
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fleetd.etcd import (
     EtcdClient,
@@ -50,7 +57,69 @@ from fleetd.registry.layout import (
     read_unit_blobs,
     read_unit_states,
 )
+from fleetd.registry.view import SECTIONS, RegistryView
 from fleetd.unit import UnitFile
+
+T = TypeVar("T")
+#: Reads the registry issues together at most (blob fetches).
+READ_CONCURRENCY = 16
+#: A watch behind by fewer indexes than this walks etcd's history rather than reading again.
+CATCH_UP_MIN_BACKLOG = 100
+
+
+def catch_up_backlog(entries: int) -> int:
+    """How many indexes a watch of a directory of ``entries`` children (units, machines) may fall behind
+    before it reads the directory again rather than walking etcd's history one request per event. A
+    recursive read of ``job/`` with 1,000 units (4,000 leaves) took about as long as 40 history watches
+    (fastkv and the reference etcd alike), and about half the indexes of a busy cluster are under
+    ``job/``: a quarter of the entries is some three times the break-even, which keeps reads rare."""
+    return max(CATCH_UP_MIN_BACKLOG, entries // 4)
+
+
+@dataclass
+class CatchUp:
+    """When a watch stops walking etcd's history and reads its directory again: once an event arrives
+    more than ``backlog()`` indexes behind the store's index (``X-Etcd-Index`` of a watch answered from
+    history). Reads are at least ``interval`` seconds apart; a watch behind again sooner waits for the
+    interval to end instead of walking on. So a watcher that cannot keep up with the changes costs the
+    registry one read per interval and not one request per change, and sees changes ``interval`` late
+    at worst."""
+
+    backlog: Callable[[], int]
+    interval: float
+    clock: Callable[[], float] = time.monotonic
+    last: float = -math.inf
+
+    def behind(self, event: EtcdResult) -> bool:
+        """True when ``event`` came more than ``backlog()`` indexes behind the store."""
+        return event.etcd_index - event.modified_index > self.backlog()
+
+    async def due(self, event: EtcdResult) -> bool:
+        """True when the watch should read instead of asking for the event after ``event``; waits until
+        ``interval`` has passed since the previous read first (the read is counted as made then)."""
+        if not self.behind(event):
+            return False
+        wait = self.last + self.interval - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.last = self.clock()
+        return True
+
+
+async def bounded_gather(calls: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run ``calls`` with at most ``limit`` of them running at once (each is called only when it may
+    start); their results in order. If any raised, the first exception (in order) is raised once all
+    have finished."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await call()
+    results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +152,8 @@ class JobEvent:
     """A change under ``job/`` the engine and agents react to.
 
     ``name`` is the unit's name; for a resync (etcd's history was outrun: re-read everything) it is
-    ``""`` and ``resync`` is True. ``index`` is where the next watch continues from minus one.
+    ``""`` and ``resync`` is True, and ``jobs`` holds ``job/`` as re-read at ``index`` (the watch goes
+    on from there). ``index`` is where the next watch continues from minus one.
     ``value`` is the key's new value (``""`` for deletions and directories).
     """
 
@@ -92,6 +162,7 @@ class JobEvent:
     action: str
     index: int
     value: str = ""
+    jobs: tuple[JobRecord, ...] | None = None
 
     @property
     def resync(self) -> bool:
@@ -125,11 +196,15 @@ class Registry:
 
     async def _apply_quietly(self, op: EtcdOp) -> bool:
         """``apply``, False when the precondition failed or the key is missing."""
+        return await self.try_apply(op) is not None
+
+    async def try_apply(self, op: EtcdOp) -> EtcdResult | None:
+        """``apply`` for an op whose precondition may fail: etcd's answer (for ``RegistryView.apply``),
+        None when the precondition failed or the key is missing. ``op`` must not be ``ok_if_exists``."""
         try:
-            await self.apply(op)
+            return await self.apply(op)
         except (EtcdKeyNotFound, EtcdCompareFailed, EtcdNodeExists):
-            return False
-        return True
+            return None
 
     # -- units -----------------------------------------------------------------------------------------
 
@@ -147,6 +222,19 @@ class Registry:
     async def set_target_state(self, name: str, state: JobState) -> None:
         """Write the unit's desired state (only ``JobState`` values: fleet stored anything)."""
         await self.apply(self.writes.set_target_state(name, JobState(state)))
+
+    def cached_unit_file(self, unit_hash: str) -> UnitFile | None:
+        """The unit file of ``unit_hash`` if this registry has already read or written it (no I/O)."""
+        return self._blobs.get(unit_hash)
+
+    async def fetch_unit_files(self, hashes: Iterable[str], limit: int = READ_CONCURRENCY) -> None:
+        """Read the blobs of ``hashes`` not cached yet, at most ``limit`` at a time (see ``unit_file``);
+        more than ``limit`` of them are read in one GET of ``unit/``."""
+        missing = sorted(set(hashes) - self._blobs.keys())
+        if len(missing) > limit:  # many (a new engine leader's first round): one read of them all
+            read_unit_blobs(await self._get_dir(self.layout.units_dir()), self._blobs)
+            missing = [h for h in missing if h not in self._blobs]
+        await bounded_gather((functools.partial(self.unit_file, h) for h in missing), limit)
 
     async def unit_file(self, unit_hash: str) -> UnitFile | None:
         """The unit file stored under ``unit/<hash>``, None if absent or not fleet's format."""
@@ -284,6 +372,26 @@ class Registry:
         unplaced = leaf_values(dict(children(parts.get("engine"))).get("unplaced"))
         return ClusterRead(snapshot, index, tuple(jobs), unplaced)
 
+    async def read_view(self, view: RegistryView, sections: Iterable[str] = SECTIONS) -> None:
+        """Reset ``sections`` of ``view`` from one quorum GET each (issued together): the engine's full
+        read, without the unit states and blobs ``read`` also takes."""
+        async def one(section: str) -> None:
+            try:
+                result = await self.client.get(self.layout.key(section), recursive=True, sort=True,
+                                               quorum=True)
+                view.reset(section, result.node, result.etcd_index)
+            except EtcdKeyNotFound as err:
+                view.reset(section, None, err.index)
+        await asyncio.gather(*(one(section) for section in sections))
+
+    async def watch_section(self, section: str, wait_index: int,
+                            catch_up: CatchUp | None = None) -> AsyncGenerator[EtcdResult, None]:
+        """Every change under ``section`` (``fleetd.registry.view.SECTIONS``) from ``wait_index`` on; a
+        ``get`` result is a re-read of the section after etcd's history was outrun or ``catch_up`` chose
+        to read (``RegistryView.reset`` it with ``section``). See ``watch_tree``."""
+        async for event in self.watch_tree(self.layout.key(section), wait_index, catch_up):
+            yield event
+
     async def jobs(self) -> tuple[list[JobRecord], int]:
         """Every ``job/<name>`` record (no unit blobs, no states) in one quorum GET, and the etcd index
         it was read at (watch ``job/`` from ``index + 1`` to miss nothing)."""
@@ -362,17 +470,38 @@ class Registry:
 
     # -- watching --------------------------------------------------------------------------------------
 
-    async def watch_jobs(self, wait_index: int | None = None, *,
-                         triggers_only: bool = True) -> AsyncGenerator[JobEvent, None]:
+    async def watch_tree(self, key: str, wait_index: int,
+                         catch_up: CatchUp | None = None) -> AsyncGenerator[EtcdResult, None]:
+        """``EtcdClient.watch_forever`` of ``key`` recursively from ``wait_index``, which also yields a
+        re-read of ``key`` (action ``get``) when ``catch_up`` says the watch fell too far behind, and
+        goes on from that read: one read instead of walking etcd's history one event per request."""
+        index = wait_index
+        while True:
+            events = self.client.watch_forever(key, recursive=True, wait_index=index)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+                    if catch_up is not None and event.action != "get" and await catch_up.due(event):
+                        break
+            try:
+                reread = await self.client.get(key, recursive=True, sort=True)
+            except EtcdKeyNotFound as err:
+                reread = EtcdResult("get", None, etcd_index=err.index)
+            yield reread
+            index = reread.etcd_index + 1
+
+    async def watch_jobs(self, wait_index: int | None = None, *, triggers_only: bool = True,
+                         catch_up: CatchUp | None = None) -> AsyncGenerator[JobEvent, None]:
         """Changes under ``job/`` from ``wait_index`` on (``ClusterRead.index + 1`` to miss nothing).
 
         With ``triggers_only`` only desired-state, target and unit-destroy changes are reported.
-        A resync event (``resync``) means etcd's history was outrun: read the registry again.
+        A resync event (``resync``) means etcd's history was outrun (or ``catch_up`` chose to read
+        instead of walking it): it carries ``job/`` as read then.
         """
         jobs_dir = self.layout.jobs_dir()
-        async for event in self.client.watch_forever(jobs_dir, recursive=True, wait_index=wait_index):
+        async for event in self.watch_tree(jobs_dir, wait_index or 0, catch_up):
             if event.action == "get":
-                yield JobEvent("", jobs_dir, "resync", event.etcd_index)
+                yield JobEvent("", jobs_dir, "resync", event.etcd_index, jobs=tuple(read_jobs(event.node)))
                 continue
             parts = self.layout.relative(event.key)
             destroyed = len(parts) == 2 and event.action in ("delete", "expire")
@@ -404,11 +533,14 @@ class Registry:
 
     # -- garbage ---------------------------------------------------------------------------------------
 
-    async def collect_garbage(self) -> list[str]:
+    async def collect_garbage(self, referenced: Iterable[str] | None = None) -> list[str]:
         """Delete unit blobs no job has referenced in this call and the previous one (and unchanged
         since); returns the hashes deleted. Call it periodically from one place (the engine leader):
-        a unit being created between two calls keeps its blob because its job appears meanwhile."""
-        referenced = {job.unit_hash.hex for job in read_jobs(await self._get_dir(self.layout.jobs_dir()))}
+        a unit being created between two calls keeps its blob because its job appears meanwhile.
+        ``referenced``: the hashes the jobs refer to, when the caller knows them (else ``job/`` is read)."""
+        if referenced is None:
+            referenced = {job.unit_hash.hex for job in read_jobs(await self._get_dir(self.layout.jobs_dir()))}
+        referenced = set(referenced)
         try:
             blobs = (await self.client.get(self.layout.units_dir(), quorum=True)).children
         except EtcdKeyNotFound:

@@ -8,7 +8,9 @@ import pytest
 
 from bench import fleet_scale as fs
 from bench import macro
+from fleetd.etcd import EtcdResult
 from fleetd.job import UnitState
+from fleetd.registry.layout import Layout, encode_job_object, encode_unit_state
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState
 from fleetd.unit import UnitFile
 
@@ -43,6 +45,42 @@ def test_a_unit_counts_as_launched_only_when_its_target_reports_it_running() -> 
               UnitState("c.service", "m1", "", "loaded", "inactive", "dead"),
               UnitState("d.service", "m1", "", "loaded", "active", "running")]  # not scheduled
     assert fs.launched_count(schedule, states) == 1
+
+
+def _event(action: str, key: str, value: str | None = None, index: int = 10) -> EtcdResult:
+    node = {"key": fs.PREFIX + key, "modifiedIndex": index, **({"value": value} if value is not None else {})}
+    return EtcdResult(action, node, etcd_index=index)
+
+
+def test_the_launch_tracker_follows_schedule_and_states_from_watch_events() -> None:
+    tracker = fs.LaunchTracker(Layout(fs.PREFIX))
+    tracker.reset(None, None)
+    running = encode_unit_state(UnitState("a.service", "m1", "", "loaded", "active", "running"))
+    for event in (_event("set", "job/a.service/target", "m1"),
+                  _event("set", "states/a.service/m1", running),
+                  _event("set", "job/b.service/target", "m2"),
+                  _event("set", "job/a.service/job-state", "m1")):
+        tracker.apply(event)
+    assert tracker.schedule == {"a.service": "m1", "b.service": "m2"} and tracker.launched() == 1
+    tracker.apply(_event("expire", "states/a.service/m1"))
+    assert tracker.launched() == 0
+    tracker.apply(_event("set", "states/a.service/m1", running))
+    tracker.apply(_event("delete", "job/a.service"))  # destroyed: no longer scheduled
+    assert tracker.schedule == {"b.service": "m2"} and tracker.launched() == 0
+    tracker.apply(_event("delete", "states/a.service"))
+    assert tracker.states == {}
+    job_object = encode_job_object("c.service", UnitFile.from_text(fs.UNIT_TEXT).hash)
+    running_c = encode_unit_state(UnitState("c.service", "m3", "", "loaded", "active", "running"))
+    root = {"key": fs.PREFIX.rstrip("/"), "dir": True, "nodes": [
+        {"key": fs.PREFIX + "job", "dir": True, "nodes": [
+            {"key": fs.PREFIX + "job/c.service", "dir": True, "nodes": [
+                {"key": fs.PREFIX + "job/c.service/object", "value": job_object},
+                {"key": fs.PREFIX + "job/c.service/target", "value": "m3"}]}]},
+        {"key": fs.PREFIX + "states", "dir": True, "nodes": [
+            {"key": fs.PREFIX + "states/c.service", "dir": True, "nodes": [
+                {"key": fs.PREFIX + "states/c.service/m3", "value": running_c}]}]}]}
+    tracker.apply(EtcdResult("get", root, etcd_index=20))  # a re-read replaces everything
+    assert tracker.schedule == {"c.service": "m3"} and tracker.launched() == 1
 
 
 def test_reconcile_figures_split_launch_from_steady_state() -> None:
