@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""C-level declarations of the LMDB log (see logstore.pyx)."""
+"""C-level declarations of the log (see logstore.pyx)."""
 
 cdef class LogStore:
     cdef object _env
@@ -12,7 +12,21 @@ cdef class LogStore:
     cdef readonly unsigned long long compacted_term
     cdef tuple _hard_state
     cdef readonly str path
+    cdef int _wal_fd
+    cdef long long _wal_offset
+    cdef long long _direct_bytes
+    cdef unsigned long long _salt
+    cdef unsigned long long _flushed
+    cdef list _tail
 
     cdef void _load(self) except *
+    cdef void _open_wal(self) except *
+    cdef void _replay(self) except *
+    cdef void _check_end_of_pass(self, bytes data, Py_ssize_t off, bint torn) except *
+    cdef void _write_wal(self, bytes record) except *
+    cdef void _add_to_tail(self, unsigned long long start, list entries) except *
+    cdef void _checkpoint(self, unsigned long long start, list entries, tuple hard) except *
+    cdef void _flush(self) except *
     cdef void _truncate_after(self, object txn, unsigned long long start) except *
     cdef void _put_entries(self, object txn, list entries) except *
+    cdef list _read(self, unsigned long long lo, unsigned long long hi)

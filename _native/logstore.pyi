@@ -1,6 +1,12 @@
-"""The replicated log on LMDB: entries ``(index, term, type, data)`` with a CRC each, the hard
-state ``(term, vote, commit)``, a compaction point and small metadata. One ``append`` is one
-write transaction and one sync."""
+"""The replicated log: entries ``(index, term, type, data)`` with a CRC each, the hard state
+``(term, vote, commit)``, a compaction point and small metadata, in LMDB; the newest entries
+also in a preallocated write-ahead file. One ``append`` is one sync: one record written to the
+file and ``fdatasync``ed (or, now and then, one synced LMDB transaction that takes the entries
+held in memory along)."""
+
+WAL_NAME: str
+WAL_BYTES: int
+CHECKPOINT_ENTRIES: int
 
 ENTRY_NORMAL: int
 ENTRY_CONF: int
@@ -26,7 +32,7 @@ class LogStore:
     def hard_state(self) -> tuple[int, int, int]: ...
     def append(self, entries: list[Entry], hard_state: tuple[int, int, int] | None = None) -> None:
         """Write entries (consecutive, starting in ``first_index .. last_index + 1``; later
-        entries are replaced) and the hard state in one synced transaction."""
+        entries are replaced) and the hard state, durably, with one sync."""
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries ``lo <= index < hi``, CRC-checked; ``IndexError`` when ``lo`` is compacted."""
     def term(self, index: int) -> int:
@@ -37,5 +43,7 @@ class LogStore:
         """Drop every entry; ``(index, term)`` becomes the compaction point (snapshot install)."""
     def get_meta(self, key: bytes) -> bytes | None: ...
     def put_meta(self, key: bytes, value: bytes) -> None: ...
-    def sync(self) -> None: ...
-    def close(self) -> None: ...
+    def sync(self) -> None:
+        """Move the entries held in memory into LMDB (every write is durable already)."""
+    def close(self) -> None:
+        """Move the entries held in memory into LMDB and close. Idempotent."""

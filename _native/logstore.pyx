@@ -1,38 +1,68 @@
 # cython: language_level=3
-"""The replicated log's durable half: entries, hard state and metadata in one LMDB environment.
+"""The replicated log's durable half: a write-ahead file for the newest entries, LMDB for the rest.
 
-Layout (three named databases, keys big-endian so LMDB's byte order is index order):
+Layout of the LMDB environment (three named databases, keys big-endian so LMDB's byte order is
+index order):
 
 * ``entries``: key = index (8 bytes), value = ``crc32 (4) | term (8) | type (1) | data``;
   the CRC covers the key and everything after the CRC, so a value moved to another key or a
   flipped byte is caught on read (``CorruptLogError``), never served.
-* ``state``: the hard state ``(term, vote, commit)`` and the compaction point
-  ``(index, term)`` of the last entry dropped by ``compact``, each with its own CRC.
+* ``state``: the hard state ``(term, vote, commit)``, the compaction point ``(index, term)`` of
+  the last entry dropped by ``compact`` and the salt of the write-ahead file's current pass,
+  each with its own CRC.
 * ``meta``: small application metadata (``get_meta`` / ``put_meta``).
 
-Every write is one write transaction; the environment is opened with ``sync=True`` and
-``metasync=True`` so that a commit returns only once the data is on disk: one ``append`` =
-one transaction = one sync, however many entries it carries. py-lmdb releases the GIL while it
-commits, so a worker thread can sync while the event loop keeps running.
+An LMDB commit that syncs costs two syncs (data pages, then the meta page), so the hot path does
+not commit to LMDB: ``append`` writes one record (its entries and the hard state) to ``wal``, a
+preallocated file next to the environment, and makes it durable with ONE ``fdatasync``. The
+entries stay in memory (the *tail*) until a checkpoint moves them into LMDB in one synced
+transaction that also draws a new salt; the file is then written again from its start. A record
+is ``crc32 (4) | length (4) | salt (8) | payload``; the CRC covers everything after itself and
+only records carrying the salt recorded in LMDB count, so a record of an earlier pass (or user
+data inside one) is never replayed, and a record torn by a crash (not acknowledged: the sync
+had not returned) ends the replay. A damaged record followed by whole records of the same pass is
+not a torn end but damage to acknowledged data: opening then fails with ``CorruptLogError``. Opening replays the records of the current pass and
+checkpoints at once, so every pass is written from its start without a crash in between.
+
+Every write is durable when its method returns: an ``append`` that went to the file was synced
+once; a checkpoint, ``compact``, ``reset`` and ``put_meta`` are LMDB transactions opened with
+``sync=True`` and ``metasync=True``. The environment is never written without a sync, so it is
+consistent after any crash, and the file only ever adds what LMDB lacks. The GIL is released
+while a write syncs, so a worker thread can sync while the event loop keeps running; readers on
+another thread see either the old or the new tail, never a mix.
 """
 
+import logging
 import os
 import struct
 import zlib
 
 import lmdb
 
+log = logging.getLogger("fastkv.log")
+
 ENTRY_NORMAL = 0
 ENTRY_CONF = 1
 ENTRY_SYNC = 2
 ENTRY_EMPTY = 3
 
+WAL_NAME = "wal"
+WAL_BYTES = 8 << 20          # size of the write-ahead file (preallocated)
+CHECKPOINT_ENTRIES = 8192    # entries held in memory before they move into LMDB
+_DIRECT_BYTES = WAL_BYTES // 4  # a record this large (or 1/16 of the map) goes straight into LMDB
+
 cdef object _KEY = struct.Struct(">Q")
 cdef object _HEAD = struct.Struct(">IQB")      # crc, term, type
 cdef object _TRIPLE = struct.Struct(">IQQQ")   # crc, a, b, c
 cdef object _PAIR = struct.Struct(">IQQ")      # crc, a, b
+cdef object _SINGLE = struct.Struct(">IQ")     # crc, a
+cdef object _WAL_HEAD = struct.Struct(">IIQ")  # crc, payload length, salt
+cdef object _WAL_BATCH = struct.Struct(">QBQQQI")  # first index, has hard state, term, vote, commit, count
+cdef object _WAL_ENTRY = struct.Struct(">QBI")  # term, type, data length
 cdef bytes _HARD_STATE = b"hard_state"
 cdef bytes _COMPACTED = b"compacted"
+cdef bytes _WAL_SALT = b"wal_salt"
+cdef tuple _NO_HARD_STATE = (0, 0, 0)
 
 
 class CorruptLogError(Exception):
@@ -75,16 +105,63 @@ cdef tuple _decode_record(object fmt, bytes value, str what):
     return tuple(fields[1:])
 
 
+cdef bytes _wal_payload(unsigned long long first, list entries, tuple hard):
+    """One record's payload: where its entries start, the hard state (if any), the entries."""
+    cdef tuple hs = _NO_HARD_STATE if hard is None else hard
+    parts = [_WAL_BATCH.pack(first, hard is not None, hs[0], hs[1], hs[2], len(entries))]
+    for index, term, etype, data in entries:
+        parts.append(_WAL_ENTRY.pack(term, etype, len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+cdef bytes _wal_record(bytes payload, unsigned long long salt):
+    cdef bytes rest = _WAL_HEAD.pack(0, len(payload), salt)[4:] + payload
+    return struct.pack(">I", zlib.crc32(rest)) + rest
+
+
+cdef tuple _wal_parse(bytes payload):
+    """``(first index, hard state or None, entries)`` of a record's payload (its CRC held)."""
+    first, has_hs, term, vote, commit, count = _WAL_BATCH.unpack_from(payload)
+    cdef Py_ssize_t off = _WAL_BATCH.size
+    cdef unsigned long long index = first
+    entries = []
+    for _ in range(count):
+        eterm, etype, size = _WAL_ENTRY.unpack_from(payload, off)
+        off += _WAL_ENTRY.size
+        if off + size > len(payload):
+            raise CorruptLogError("a record of the write-ahead file is malformed")
+        entries.append((index, eterm, etype, payload[off:off + size]))
+        off += size
+        index += 1
+    return first, ((term, vote, commit) if has_hs else None), entries
+
+
+cdef unsigned long long _new_salt():
+    return int.from_bytes(os.urandom(8), "big") or 1
+
+
+cdef void _fsync_dir(str path) except *:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 cdef class LogStore:
     """An append-only log with truncation at a conflict and compaction of its prefix.
 
     ``first_index`` is the first entry still held (``compacted + 1``), ``last_index`` the last
     one (equal to the compaction point when the log is empty). ``term(i)`` answers for every
-    held entry and for the compaction point itself.
+    held entry and for the compaction point itself. Entries up to ``_flushed`` are in LMDB,
+    the ones after it in ``_tail`` (and in the write-ahead file).
     """
 
     def __init__(self, str path, long long map_size=1 << 30):
         self.path = path
+        self._wal_fd = -1
+        self._direct_bytes = min(_DIRECT_BYTES, map_size // 16)
         os.makedirs(path, exist_ok=True)
         try:
             self._env = lmdb.open(path, map_size=map_size, max_dbs=4, sync=True, metasync=True,
@@ -98,7 +175,15 @@ cdef class LogStore:
                 self._env.close()
                 self._env = None
             raise CorruptLogError(f"the log at {path} is not a readable LMDB environment: {exc}") from None
-        self._load()
+        try:
+            self._load()
+            self._open_wal()
+            self._replay()
+            self._checkpoint(0, None, None)  # a new pass: whatever a crash left in the file is old
+        except BaseException:
+            self._tail = []  # a failed open writes nothing: close() must not move a partial replay
+            self.close()
+            raise
 
     cdef void _load(self) except *:
         with self._env.begin(buffers=False) as txn:
@@ -107,6 +192,8 @@ cdef class LogStore:
             raw = txn.get(_COMPACTED, db=self._state)
             self.compacted_index, self.compacted_term = (
                 (0, 0) if raw is None else _decode_record(_PAIR, raw, "compaction"))
+            raw = txn.get(_WAL_SALT, db=self._state)
+            self._salt = 0 if raw is None else _decode_record(_SINGLE, raw, "write-ahead salt")[0]
             cursor = txn.cursor(db=self._entries)
             if cursor.last():
                 self.last_index = _KEY.unpack(cursor.key())[0]
@@ -120,6 +207,62 @@ cdef class LogStore:
             else:
                 self.first_index = self.compacted_index + 1
                 self.last_index = self.compacted_index
+        self._flushed = self.last_index
+        self._tail = []
+
+    cdef void _open_wal(self) except *:
+        """Open the write-ahead file, creating and preallocating it durably when needed."""
+        name = os.path.join(self.path, WAL_NAME)
+        self._wal_fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self._wal_fd).st_size < WAL_BYTES:
+            try:
+                os.posix_fallocate(self._wal_fd, 0, WAL_BYTES)
+            except OSError as exc:
+                raise LogFullError(f"cannot allocate the write-ahead file {name}: {exc}") from None
+            os.fsync(self._wal_fd)
+            _fsync_dir(self.path)
+        self._wal_offset = 0
+
+    cdef void _replay(self) except *:
+        """Bring back the records of the current pass (written after the last checkpoint)."""
+        cdef Py_ssize_t off = 0, end
+        if self._salt == 0:
+            return
+        data = os.pread(self._wal_fd, WAL_BYTES, 0)
+        while off + _WAL_HEAD.size <= len(data):
+            crc, length, salt = _WAL_HEAD.unpack_from(data, off)
+            end = off + _WAL_HEAD.size + length
+            if salt != self._salt or end > len(data) or zlib.crc32(data[off + 4:end]) != crc:
+                self._check_end_of_pass(data, off, salt == self._salt)
+                break  # the end of this pass (or a record torn by a crash: never acknowledged)
+            first, hard, entries = _wal_parse(data[off + _WAL_HEAD.size:end])
+            if entries:
+                if first <= self._flushed or first > self.last_index + 1:
+                    raise CorruptLogError(f"a record of the write-ahead file starts at {first} but the "
+                                          f"log holds {self.first_index}..{self.last_index}")
+                self._add_to_tail(first, entries)
+            if hard is not None:
+                self._hard_state = hard
+            off = end
+
+    cdef void _check_end_of_pass(self, bytes data, Py_ssize_t off, bint torn) except *:
+        """The replay stops at ``off``. That is the end of the pass, or a record torn by a crash
+        (``torn``: it carries this pass's salt but is incomplete) — unless a whole record of this
+        pass follows: then a record in the middle was damaged after it was acknowledged, and
+        replaying only what comes before it would silently drop committed entries."""
+        cdef bytes salt = _SINGLE.pack(0, self._salt)[4:]
+        cdef Py_ssize_t at = data.find(salt, off + 9)
+        while at != -1:
+            start = at - 8
+            crc, length, _ = _WAL_HEAD.unpack_from(data, start)
+            end = start + _WAL_HEAD.size + length
+            if end <= len(data) and zlib.crc32(data[start + 4:end]) == crc:
+                raise CorruptLogError(f"the write-ahead file {WAL_NAME} is damaged at byte {off}: "
+                                      f"whole records follow it (at byte {start})")
+            at = data.find(salt, at + 1)
+        if torn:
+            log.warning("dropped a record torn by a crash at byte %d of %s (it was never acknowledged)",
+                        off, WAL_NAME)
 
     @property
     def hard_state(self):
@@ -128,33 +271,93 @@ cdef class LogStore:
 
     def append(self, list entries, hard_state=None):
         """Write ``entries`` (tuples ``(index, term, type, data)``, consecutive indices) and the
-        hard state in one transaction with one sync.
+        hard state durably, with one sync.
 
         The first entry may start anywhere in ``first_index .. last_index + 1``: entries from there
         on are replaced (a Raft log truncated at a conflict). Raises ``LogFullError`` when the map
-        or the disk is full; nothing is written then.
+        or the disk is full; nothing of the append is kept then.
         """
-        cdef unsigned long long start = 0, expect = 0, end = 0
-        if not entries and hard_state is None:
+        cdef unsigned long long start = 0, expect = 0
+        cdef tuple hard = None if hard_state is None else tuple(hard_state)
+        if not entries and hard is None:
             return
         if entries:
             start = entries[0][0]
             if start < self.first_index or start > self.last_index + 1:
                 raise ValueError(f"append at {start} leaves a gap or rewrites compacted entries "
                                  f"(log holds {self.first_index}..{self.last_index})")
+            expect = start
+            normal = []
+            for index, term, etype, data in entries:
+                if index != expect:
+                    raise ValueError(f"entries are not consecutive: {index} after {expect - 1}")
+                expect += 1
+                normal.append((index, term, etype, bytes(data)))
+            entries = normal
+        else:
+            start = self.last_index + 1
+        if entries and start <= self._flushed:  # a conflict below the tail: rewrite LMDB
+            self._checkpoint(start, entries, hard)
+            return
+        payload = _wal_payload(start, entries, hard)
+        size = len(payload) + _WAL_HEAD.size
+        if (size > self._direct_bytes or self._wal_offset + size > WAL_BYTES
+                or len(self._tail) + len(entries) > CHECKPOINT_ENTRIES):
+            self._checkpoint(start, entries, hard)  # tail and this append: one LMDB transaction
+            return
+        self._write_wal(_wal_record(payload, self._salt))
+        if entries:
+            self._add_to_tail(start, entries)
+        if hard is not None:
+            self._hard_state = hard
+
+    cdef void _write_wal(self, bytes record) except *:
+        cdef Py_ssize_t written
+        try:
+            written = os.pwrite(self._wal_fd, record, self._wal_offset)
+            if written != len(record):
+                raise LogFullError(f"short write to the write-ahead file ({written} of {len(record)} bytes)")
+            os.fdatasync(self._wal_fd)
+        except OSError as exc:
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise LogFullError(f"the disk is full: {exc}") from None
+            raise
+        self._wal_offset += len(record)
+
+    cdef void _add_to_tail(self, unsigned long long start, list entries) except *:
+        """Put ``entries`` (from ``start``, after ``_flushed``) in the tail, replacing what they
+        overlap. A reader on another thread holds the old list: a truncation makes a new one."""
+        cdef list tail = self._tail
+        cdef Py_ssize_t keep = start - self._flushed - 1
+        if keep < len(tail):
+            self._tail = tail[:keep] + entries
+        else:
+            tail.extend(entries)
+        self.last_index = start + len(entries) - 1
+
+    cdef void _checkpoint(self, unsigned long long start, list entries, tuple hard) except *:
+        """One synced LMDB transaction: the tail (up to ``start`` when ``entries`` replace the
+        rest), ``entries``, the hard state and a new salt; the file starts a new pass. LMDB is
+        truncated at ``start`` when ``entries`` begin at or below ``_flushed``."""
+        cdef list tail = self._tail
+        cdef unsigned long long flushed = self._flushed, last = self.last_index
+        cdef unsigned long long salt = _new_salt()
+        cdef bint truncate = bool(entries) and start <= flushed
+        cdef tuple hs = self._hard_state if hard is None else hard
+        if not entries:
+            items = tail
+        elif truncate:
+            items = entries
+        else:
+            items = tail[:start - flushed - 1] + entries
         try:
             with self._env.begin(write=True) as txn:
-                if entries:
-                    expect = start
-                    for index, term, etype, data in entries:
-                        if index != expect:
-                            raise ValueError(f"entries are not consecutive: {index} after {expect - 1}")
-                        expect += 1
-                    end = expect - 1
+                if truncate:
                     self._truncate_after(txn, start)
-                    self._put_entries(txn, entries)
-                if hard_state is not None:
-                    txn.put(_HARD_STATE, _encode_record(_TRIPLE, tuple(hard_state)), db=self._state)
+                if items:
+                    self._put_entries(txn, items)
+                txn.put(_HARD_STATE, _encode_record(_TRIPLE, hs), db=self._state)
+                txn.put(_WAL_SALT, _encode_record(_SINGLE, (salt,)), db=self._state)
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise LogFullError(f"the log is full: {exc}") from None
         except lmdb.Error as exc:
@@ -162,15 +365,23 @@ cdef class LogStore:
                 raise LogFullError(f"the disk is full: {exc}") from None
             raise
         if entries:
-            self.last_index = end
-        if hard_state is not None:
-            self._hard_state = tuple(hard_state)
+            last = entries[len(entries) - 1][0]
+        self._tail = []
+        self._flushed = self.last_index = last
+        self._salt = salt
+        self._wal_offset = 0
+        self._hard_state = hs
+
+    cdef void _flush(self) except *:
+        """Move the tail into LMDB (before LMDB alone is read or rewritten)."""
+        if self._tail:
+            self._checkpoint(0, None, None)
 
     cdef void _truncate_after(self, object txn, unsigned long long start) except *:
         cdef unsigned long long i
-        if start > self.last_index:
+        if start > self._flushed:
             return
-        for i in range(start, self.last_index + 1):
+        for i in range(start, self._flushed + 1):
             txn.delete(_key(i), db=self._entries)
 
     cdef void _put_entries(self, object txn, list entries) except *:
@@ -178,20 +389,31 @@ cdef class LogStore:
         items = []
         for index, term, etype, data in entries:
             key = _key(index)
-            items.append((key, _encode_entry(key, term, etype, bytes(data))))
+            items.append((key, _encode_entry(key, term, etype, data)))
         cursor = txn.cursor(db=self._entries)
         cursor.putmulti(items, append=True)
 
     def entries(self, unsigned long long lo, unsigned long long hi):
-        """Entries with ``lo <= index < hi`` as ``(index, term, type, data)``, verified against
-        their CRC. ``lo`` below ``first_index`` raises ``IndexError`` (compacted)."""
+        """Entries with ``lo <= index < hi`` as ``(index, term, type, data)``, those read from
+        LMDB verified against their CRC. ``lo`` below ``first_index`` raises ``IndexError``."""
+        cdef list tail = self._tail
+        cdef unsigned long long flushed = self._flushed
         if lo < self.first_index:
             raise IndexError(f"entries before {self.first_index} are compacted (asked from {lo})")
         if hi > self.last_index + 1:
             hi = self.last_index + 1
-        out = []
         if lo >= hi:
-            return out
+            return []
+        if lo > flushed:
+            return tail[lo - flushed - 1:hi - flushed - 1]
+        out = self._read(lo, min(hi, flushed + 1))
+        if hi > flushed + 1:
+            out.extend(tail[:hi - flushed - 1])
+        return out
+
+    cdef list _read(self, unsigned long long lo, unsigned long long hi):
+        """Entries ``[lo, hi)`` from LMDB, every one CRC-checked; all must be there."""
+        out = []
         with self._env.begin(buffers=False) as txn:
             cursor = txn.cursor(db=self._entries)
             if not cursor.set_key(_key(lo)):
@@ -209,11 +431,15 @@ cdef class LogStore:
 
     def term(self, unsigned long long index):
         """The term of entry ``index`` (also of the compaction point); ``IndexError`` outside."""
+        cdef list tail = self._tail
+        cdef unsigned long long flushed = self._flushed
         if index == self.compacted_index:
             return self.compacted_term
         if index < self.first_index or index > self.last_index:
             raise IndexError(f"no entry {index} (log holds {self.first_index}..{self.last_index})")
-        return self.entries(index, index + 1)[0][1]
+        if index > flushed:
+            return tail[index - flushed - 1][1]
+        return self._read(index, index + 1)[0][1]
 
     def compact(self, unsigned long long upto_index):
         """Drop every entry with index ``<= upto_index`` (which must be held), remembering its term."""
@@ -222,6 +448,8 @@ cdef class LogStore:
             return
         if upto_index > self.last_index:
             raise IndexError(f"cannot compact to {upto_index}: the log ends at {self.last_index}")
+        if upto_index > self._flushed:
+            self._flush()
         term = self.term(upto_index)
         with self._env.begin(write=True) as txn:
             for i in range(self.first_index, upto_index + 1):
@@ -235,21 +463,26 @@ cdef class LogStore:
         """Drop every entry and make ``(index, term)`` the compaction point (a follower installing
         a snapshot that is ahead of its log), with the hard state, in one synced transaction."""
         cdef unsigned long long i
+        cdef unsigned long long salt = _new_salt()
+        cdef tuple hs = self._hard_state if hard_state is None else tuple(hard_state)
         try:
             with self._env.begin(write=True) as txn:
-                for i in range(self.first_index, self.last_index + 1):
+                for i in range(self.first_index, self._flushed + 1):
                     txn.delete(_key(i), db=self._entries)
                 txn.put(_COMPACTED, _encode_record(_PAIR, (index, term)), db=self._state)
-                if hard_state is not None:
-                    txn.put(_HARD_STATE, _encode_record(_TRIPLE, tuple(hard_state)), db=self._state)
+                txn.put(_HARD_STATE, _encode_record(_TRIPLE, hs), db=self._state)
+                txn.put(_WAL_SALT, _encode_record(_SINGLE, (salt,)), db=self._state)
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise LogFullError(f"the log is full: {exc}") from None
+        self._tail = []
+        self._flushed = index
+        self._salt = salt
+        self._wal_offset = 0
         self.compacted_index = index
         self.compacted_term = term
         self.first_index = index + 1
         self.last_index = index
-        if hard_state is not None:
-            self._hard_state = tuple(hard_state)
+        self._hard_state = hs
 
     def get_meta(self, bytes key):
         """The metadata value stored under ``key``, or None."""
@@ -265,11 +498,20 @@ cdef class LogStore:
             raise LogFullError(f"the log is full: {exc}") from None
 
     def sync(self):
-        """Force the environment to disk (a no-op when every commit already syncs)."""
-        self._env.sync(True)
+        """Move the entries held in memory into LMDB (every write is already durable)."""
+        self._flush()
 
     def close(self):
-        """Close the environment; the object is unusable afterwards. Idempotent."""
+        """Move the tail into LMDB and close; the object is unusable afterwards. Idempotent."""
         if self._env is not None:
-            self._env.close()
-            self._env = None
+            try:
+                if self._wal_fd >= 0:
+                    self._flush()
+            except LogFullError:
+                pass  # the entries stay in the write-ahead file, durable; the next open replays them
+            finally:
+                self._env.close()
+                self._env = None
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1

@@ -1521,6 +1521,16 @@ cdef class RawNode:
         """Propose ``data`` as a normal entry; raises ``ProposalDropped`` when it surely failed."""
         self.raft.step(Message(MsgProp, frm=self.raft.id, entries=[Entry(0, 0, EntryNormal, data)]))
 
+    def propose_many(self, list datas):
+        """Propose every ``bytes`` of ``datas`` as a normal entry, in order, in one step (one
+        append, one MsgApp per follower); raises ``ProposalDropped`` when they surely failed
+        (all of them: the step is atomic)."""
+        cdef bytes data
+        if not datas:
+            return
+        self.raft.step(Message(MsgProp, frm=self.raft.id,
+                               entries=[Entry(0, 0, EntryNormal, data) for data in datas]))
+
     def propose_conf_change(self, ConfChange cc):
         """Propose a single-member change; it takes effect when applied (``advance``)."""
         self.raft.step(Message(MsgProp, frm=self.raft.id, entries=[Entry(0, 0, EntryConfChange, cc.encode())]))

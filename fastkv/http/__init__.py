@@ -58,6 +58,8 @@ async def start_client_listeners(node: Any, settings: Settings,
     loop = asyncio.get_running_loop()
     app = App(node, settings)
     connections = ConnectionSet(loop)
+    if hasattr(node, "quiet_hint"):
+        node.quiet_hint = connections.quiet
 
     def factory() -> HttpProtocol:
         return HttpProtocol(app, connections)

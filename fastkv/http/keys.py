@@ -1,17 +1,16 @@
 """``/v2/keys``: parameters validated in etcd's order, mapped to one store operation.
 
 ``handle_keys`` answers local reads at once (a ``Response``; HEAD is always local, as in
-etcd), returns a coroutine for everything that goes through the log (writes, ``quorum=true``
-GETs), and starts watches on the connection itself (returning ``WATCHING``). Like etcd, every
-request whose parameters are valid first reads the store's auth flag (``Store.auth_enabled``),
-which shows in ``/v2/stats/store``.
+etcd), returns a ``Proposal`` (a ``Pending`` answer) for everything that goes through the log
+(writes, ``quorum=true`` GETs), and starts watches on the connection itself (returning
+``WATCHING``). Like etcd, every request whose parameters are valid first reads the store's auth
+flag (``Store.auth_enabled``), which shows in ``/v2/stats/store``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from fastkv._native.store import (
@@ -28,13 +27,13 @@ from fastkv._native.store import (
 )
 from fastkv._native.watch import Watcher
 from fastkv.http.form import FormError, is_form_content_type, parse_bool, parse_form, parse_uint
-from fastkv.http.responses import JSON, App, Response, http_date, method_not_allowed
+from fastkv.http.responses import JSON, App, Pending, Response, http_date, method_not_allowed
 
 if TYPE_CHECKING:
     from fastkv.http.protocol import HttpProtocol, Request
 
-__all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "handle_keys", "internal_path", "parse_key_request",
-           "plain_get", "plain_read_flags"]
+__all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "Proposal", "handle_keys", "internal_path",
+           "parse_key_request", "plain_get", "plain_put", "plain_read_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +173,38 @@ def error_response(app: App, error: V2Error) -> Response:
             error.body)
 
 
-async def propose(app: App, request: bytes, no_value: bool) -> Response:
-    """Send one request through the log and answer its event (or its error)."""
+class Proposal(Pending):
+    """One request on its way through the log; ``response()`` answers its event or error."""
+
+    __slots__ = ("app", "no_value")
+
+    def __init__(self, app: App, future: Any, no_value: bool) -> None:
+        super().__init__(future)
+        self.app = app
+        self.no_value = no_value
+
+    def response(self) -> Response:
+        app = self.app
+        try:
+            event = self.future.result()
+        except V2Error as error:
+            return error_response(app, error)
+        except Exception as exc:  # a proposal that timed out or failed below the store
+            log.warning("proposal failed: %r", exc)
+            return error_response(app, V2Error(300, str(exc) or _TIMEOUT_CAUSE, 0))
+        body = event.body
+        if self.no_value and event.action in _NO_VALUE_ACTIONS:
+            body = b'{"action":"%s"}\n' % event.action.encode()
+        return (201 if event.created else 200), event_headers(app, event.etcd_index), body
+
+
+def propose(app: App, request: bytes, no_value: bool) -> Proposal | Response:
+    """Send one request through the log; its answer comes with the ``Proposal`` (or at once,
+    when this member is stopping)."""
     try:
-        event = await app.node.propose(request)
+        return Proposal(app, app.node.submit_request(request), no_value)
     except V2Error as error:
         return error_response(app, error)
-    except Exception as exc:  # a proposal that timed out or failed below the store
-        log.warning("proposal failed: %r", exc)
-        return error_response(app, V2Error(300, str(exc) or _TIMEOUT_CAUSE, 0))
-    body = event.body
-    if no_value and event.action in _NO_VALUE_ACTIONS:
-        body = b'{"action":"%s"}\n' % event.action.encode()
-    return (201 if event.created else 200), event_headers(app, event.etcd_index), body
 
 
 def read_form(req: Request) -> dict[str, str]:
@@ -200,7 +218,7 @@ def read_form(req: Request) -> dict[str, str]:
         raise _invalid(210, str(exc)) from None
 
 
-def handle_keys(app: App, req: Request, conn: HttpProtocol) -> Response | Coroutine[Any, Any, Response] | Any:
+def handle_keys(app: App, req: Request, conn: HttpProtocol) -> Response | Pending | Any:
     """Answer one ``/v2/keys`` request (see the module docstring for the three kinds of answer)."""
     if req.method not in _METHODS:
         return method_not_allowed(_ALLOW)
@@ -264,6 +282,13 @@ def plain_get(app: App, path: str, recursive: bool, sorted: bool) -> bytes | Res
                                   node.raft_index, node.raft_term, http_date())
     except V2Error as error:
         return error_response(app, error)
+
+
+def plain_put(app: App, path: str, value: str) -> Proposal | Response:
+    """The hot path of writes: a ``PUT`` to the internal ``path`` whose form is ``value`` alone
+    (no query): what ``parse_key_request`` and ``encode_write`` make of it, a plain set."""
+    app.node.store.auth_enabled()
+    return propose(app, encode_request(OP_SET, path, value), False)
 
 
 def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | object:

@@ -6,8 +6,8 @@ methods, while Go accepts any token: when the parser rejects a method, the reque
 again from its first byte by a new parser with ``GET`` standing in for the method, and the
 real method is what the request carries (``MethodRecovery``). Complete requests are answered in
 order: at once when the handler answers synchronously (local reads), else the connection
-waits for the handler's coroutine (writes) or for the watch to end before it answers the
-next pipelined request. No exception from a handler reaches the event loop: it becomes a
+waits for the handler's ``Pending`` answer (writes), its coroutine or the end of the watch
+before it answers the next pipelined request. No exception from a handler reaches the event loop: it becomes a
 500 for that request.
 """
 
@@ -18,6 +18,7 @@ import contextlib
 import logging
 import re
 from collections import deque
+from functools import partial
 from typing import Any
 
 import httptools
@@ -25,7 +26,7 @@ import httptools
 from fastkv import metrics
 from fastkv.http.endpoints import dispatch
 from fastkv.http.form import FormError, path_unescape
-from fastkv.http.keys import KEYS_PREFIX, WATCHING, plain_get, plain_read_flags
+from fastkv.http.keys import KEYS_PREFIX, WATCHING, plain_get, plain_put, plain_read_flags
 from fastkv.http.responses import (
     BAD_REQUEST,
     BODY_TOO_LARGE,
@@ -33,6 +34,7 @@ from fastkv.http.responses import (
     INTERNAL_ERROR,
     MISSING_HOST,
     App,
+    Pending,
     Response,
     http_date,
     status_line,
@@ -65,7 +67,37 @@ _PLAIN_GET = re.compile(rb"GET /v2/keys((?:/(?!\.)[-\w.~]+)*)/?(?:\?([\w=&]*))? 
                         + _HEADER_VALUE
                         + rb"\r\n(?:(?:User-Agent|Accept|Accept-Encoding): " + _HEADER_VALUE + rb"\r\n)*\r\n")
 _PLAIN_GET_MAX = 4096  # bytes; far below every limit the parser enforces
+# One whole plain write: ``PUT`` of one key (no escapes, no ``.`` segment, no trailing slash, no
+# query) with a form body that is ``value=`` and characters that need no unescaping. Group 1 is
+# the key below /v2/keys, group 2 the header block (checked by ``plain_put_headers``), group 3
+# the value. Anything else takes the parser.
+_PLAIN_PUT = re.compile(rb"PUT /v2/keys((?:/(?!\.)[-\w.~]+)+) HTTP/1\.1\r\n((?:[-A-Za-z]+: " + _HEADER_VALUE
+                        + rb"\r\n)+)\r\nvalue=([-\w.~]*)")
+_PLAIN_PUT_HEADERS = frozenset((b"host", b"user-agent", b"accept", b"accept-encoding", b"content-type",
+                                b"content-length"))
+_FORM = b"application/x-www-form-urlencoded"
 _NO_FLAGS = (False, False)
+_PLAIN_STARTS = frozenset((b"GET /v2/keys", b"PUT /v2/keys"))
+
+
+def plain_put_headers(block: bytes, body_size: int) -> bool:
+    """Whether a header block (``Name: value\\r\\n`` lines) is one a plain write may carry: ``Host``,
+    ``Content-Type: application/x-www-form-urlencoded`` and ``Content-Length`` equal to
+    ``body_size`` (in its shortest form), each once, besides at most one each of
+    ``User-Agent``, ``Accept`` and ``Accept-Encoding``; nothing the answer depends on."""
+    seen: set[bytes] = set()
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        lower = name.lower()
+        if lower not in _PLAIN_PUT_HEADERS or lower in seen:
+            return False
+        seen.add(lower)
+        if lower == b"content-type":
+            if value != _FORM:
+                return False
+        elif lower == b"content-length" and value != b"%d" % body_size:
+            return False
+    return len(seen) >= 3 and b"host" in seen and b"content-type" in seen and b"content-length" in seen
 
 
 def _received(method: bytes) -> Any:
@@ -202,6 +234,15 @@ class ConnectionSet:
         self.timeout = timeout
         self.connections: set[HttpProtocol] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self.reads = 0  # reads from clients so far, on every connection
+        self._reads_seen = 0
+
+    def quiet(self) -> bool:
+        """True when at most one read arrived from any client since the last call: nobody but
+        the writer at hand is waiting to be served."""
+        reads, seen = self.reads, self._reads_seen
+        self._reads_seen = reads
+        return reads - seen <= 1
 
     def add(self, conn: HttpProtocol) -> None:
         self.connections.add(conn)
@@ -273,16 +314,23 @@ class HttpProtocol(asyncio.Protocol):
         self._drop_watcher()
 
     def data_received(self, data: bytes) -> None:
+        self.connections.reads += 1
         if self.failed is not None or self.closed:
             return
         recovery = self.recovery
-        if (data[:12] == b"GET /v2/keys" and len(data) < _PLAIN_GET_MAX and recovery.method is None
+        if (data[:12] in _PLAIN_STARTS and len(data) < _PLAIN_GET_MAX and recovery.method is None
                 and recovery.held is None and not (self.in_request or self.busy or self.queue)):
-            match = _PLAIN_GET.fullmatch(data)
-            if match is not None:
-                flags = plain_read_flags(match[2]) if match[2] else _NO_FLAGS
-                if flags is not None:
-                    self._answer_plain_get(match[1], *flags)
+            if data[0] == 71:  # G
+                match = _PLAIN_GET.fullmatch(data)
+                if match is not None:
+                    flags = plain_read_flags(match[2]) if match[2] else _NO_FLAGS
+                    if flags is not None:
+                        self._answer_plain_get(match[1], *flags)
+                        return
+            else:
+                match = _PLAIN_PUT.fullmatch(data)
+                if match is not None and plain_put_headers(match[2], len(match[3]) + 6):
+                    self._answer_plain_put(match[1], match[3])
                     return
         if recovery.held is not None:
             self._reparse(recovery.held + data)
@@ -446,6 +494,20 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.send(Request(b"GET", KEYS_PREFIX + path[2:], b"", b"", None, None, True, "1.1"), response)
 
+    def _answer_plain_put(self, key: bytes, value: bytes) -> None:
+        """Answer a write that ``_PLAIN_PUT`` recognised as the parser and ``dispatch`` would:
+        counted, then ``keys.plain_put`` (``key`` is the URL path below ``/v2/keys``)."""
+        _received(b"PUT").inc()
+        path = "/1" + key.decode("ascii")
+        req = Request(b"PUT", KEYS_PREFIX + path[2:], b"", b"", _FORM, None, True, "1.1")
+        self.current = req
+        try:
+            result: Any = plain_put(self.app, path, value.decode("ascii"))
+        except Exception:
+            log.exception("request PUT %s failed", req.path)
+            result = INTERNAL_ERROR
+        self._handle(req, result)
+
     def _answer(self, req: Request) -> None:
         """Answer ``req`` now, or start the work that will answer it (then ``busy``)."""
         self.current = req
@@ -454,15 +516,30 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("request %s %s failed", req.method, req.path)
             result = INTERNAL_ERROR
+        self._handle(req, result)
+
+    def _handle(self, req: Request, result: Any) -> None:
+        """Write a handler's answer, or wait for it (then ``busy``)."""
         if type(result) is tuple:
             self.send(req, result)
         elif result is None:
             self._finished(req)
         elif result is WATCHING:
             self.busy = True
+        elif isinstance(result, Pending):
+            self.busy = True
+            result.future.add_done_callback(partial(self._pending_done, req, result))
         else:
             self.busy = True
             self.loop.create_task(self._answer_later(req, result))
+
+    def _pending_done(self, req: Request, pending: Pending, _future: Any) -> None:
+        try:
+            response = pending.response()
+        except Exception:
+            log.exception("request %s %s failed", req.method, req.path)
+            response = INTERNAL_ERROR
+        self._complete(req, response)
 
     async def _answer_later(self, req: Request, work: Any) -> None:
         try:
@@ -470,6 +547,10 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("request %s %s failed", req.method, req.path)
             response = INTERNAL_ERROR
+        self._complete(req, response)
+
+    def _complete(self, req: Request, response: Response) -> None:
+        """The answer to ``req``, which kept the connection busy, is ready: write it, go on."""
         self.busy = False
         if self.closed:
             return

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BAD_REQUEST",
     "App",
+    "Pending",
     "Response",
     "http_date",
     "method_not_allowed",
@@ -29,6 +30,19 @@ __all__ = [
 ]
 
 Response = tuple[int, bytes, bytes]
+
+
+class Pending:
+    """An answer that comes later, without a task: once ``future`` is done the connection calls
+    ``response()``, which must turn every outcome it expects into a ``Response``."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def response(self) -> Response:
+        raise NotImplementedError
 
 _REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 400: "Bad Request",

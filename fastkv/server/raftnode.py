@@ -1,16 +1,19 @@
 """The member: the one place where the Raft core, the LMDB log, the store, the watch hub and the
 peer transport meet asyncio. A single member is a Raft cluster of one.
 
-One loop drives ``RawNode`` (docs/raft.md, "The Ready contract")::
+Callbacks on the event loop drive ``RawNode`` (docs/raft.md, "The Ready contract")::
 
-    tick every heartbeat interval / step received messages / propose
+    tick every heartbeat interval / step received messages / propose  -> _kick (one pass scheduled)
     -> Ready: persist snapshot + entries + hard state (log thread, one sync)
-    -> send its messages -> apply committed entries in order -> advance
+    -> send its messages -> apply committed entries in order -> advance -> the next Ready
 
 Pipelining: a proposal is appended to the core's log at once and leaves in the next Ready;
 whatever is proposed or received while a sync is in flight forms the next Ready (group commit:
 one sync per batch). Proposals made on a follower are forwarded to the leader by the core
-(MsgProp) and answered when this member has applied them.
+(MsgProp) and answered when this member has applied them. A leader sends its appends before
+its own sync (``_send_early``), so that the followers sync at the same time. A Ready of at most
+one entry while the front end is quiet (a lone writer) is saved on the loop itself: the writer
+waits for that sync anyway, and two thread hand-offs are spared (``_small_and_quiet``).
 
 Entry data (the core's EntryNormal): empty = a new leader's no-op; ``TAG_REQUEST`` + id + the
 proposer's ``now_ns`` + a store request (``encode_request``); ``TAG_SYNC`` + id + ``now_ns``
@@ -29,7 +32,6 @@ import random
 import struct
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,7 @@ from fastkv._native.raft import (
     EntryConfChange,
     Message,
     MsgApp,
+    MsgHeartbeat,
     ProposalDropped,
     RawNode,
     Ready,
@@ -53,6 +56,7 @@ from fastkv._native.raft import Snapshot as RaftSnapshot
 from fastkv._native.store import OP_SET, Event, Store, V2Error, encode_request
 from fastkv._native.watch import WatchHub
 from fastkv.server import membership
+from fastkv.server.logthread import LogThread
 from fastkv.server.membership import Member, MembershipError
 from fastkv.storage.raftlog import (
     TAG_MEMBER,
@@ -75,6 +79,7 @@ MAX_PEER_FRAME = 512 * 1024 * 1024  # a snapshot travels in one frame
 _STOPPED = "etcdserver: server stopped"
 REMOVED_NOTICE = "removed"  # a peer message (not Raft): "you were removed from the cluster"
 HEALTH_INTERVAL_S = 5.0  # etcd's: a reconfiguration needs links to the voters up for this long
+_EARLY = frozenset((MsgApp, MsgHeartbeat))  # a leader's messages that may leave before its sync
 
 
 class ProposalTimeout(Exception):
@@ -143,16 +148,23 @@ class Node:
         self._removed: set[int] = set()
         self._waiters: dict[_Key, tuple[asyncio.Future[Any], float]] = {}
         self._held: list[tuple[_Key, bytes | ConfChange]] = []  # dropped for want of a leader
+        self._batch: list[tuple[_Key, bytes]] = []  # normal entries the next pass proposes
         self._heard: dict[int, float] = {}
         self._peers: dict[int, tuple[str, ...]] = {}
         now_ms = time.time_ns() // 1_000_000
         self._ids = itertools.count(((self.member_id & 0xFFFF) << 48) | ((now_ms << 8) & 0xFFFFFFFFFFFF))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastkv-log")
+        self._log_thread: LogThread | None = None
         self._stopping = False
         self._halt = False
         self._sync_proposed = False
-        self._wake: asyncio.Event | None = None
-        self._loop_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False  # a pass of the Raft loop is scheduled (call_soon)
+        self._saving: Ready | None = None  # the Ready whose save runs in the log thread
+        self._saving_early = False  # its appends and heartbeats were sent before the save
+        self._drained: asyncio.Future[None] | None = None  # stop() waits for the save in flight
+        # True when the front end is quiet (no request but the one at hand since the last call):
+        # then a small Ready is saved on the loop itself, sparing two thread hand-offs.
+        self.quiet_hint: Callable[[], bool] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._published: asyncio.Event | None = None
@@ -229,7 +241,6 @@ class Node:
         client write gets etcd's indices); with peers it publishes its attributes in the
         background, once a leader is known."""
         loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
         self._published = asyncio.Event()
         if self.config.listen_peer_urls:
             try:
@@ -239,7 +250,9 @@ class Node:
                     raise
                 log.warning("cannot listen for peers on %s: %s", ", ".join(self.config.listen_peer_urls), exc)
                 self.transport = None
-        self._loop_task = loop.create_task(self._run())
+        self._log_thread = LogThread(loop)
+        self._loop = loop
+        self._kick()
         self._ticker = loop.create_task(self._tick_forever())
         if self.raw.status().voters == (self.member_id,):
             self.raw.campaign()
@@ -331,9 +344,9 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._halt = True
-        if self._loop_task is not None:
-            self._kick()
-            await self._loop_task
+        if self._saving is not None:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
         if self._snapshot_task is not None:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
@@ -344,17 +357,18 @@ class Node:
         status = self.raw.status()
         from fastkv._native.raft import HardState
 
-        with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.storage.save_hard_state,
-                HardState(status.term, status.vote, min(status.commit, self.log.last_index)))
+        if self._log_thread is not None:
+            with contextlib.suppress(Exception):
+                await self._log_thread.run(self.storage.save_hard_state, HardState(
+                    status.term, status.vote, min(status.commit, self.log.last_index)))
         if self.transport is not None:
             await self.transport.stop()
-        self._executor.shutdown(wait=True)
+        if self._log_thread is not None:
+            self._log_thread.stop()
         self.log.close()
 
     async def _transfer_leadership(self) -> None:
-        if self.raw.state != StateLeader or self._loop_task is None:
+        if self.raw.state != StateLeader or self._loop is None:
             return
         progress = self.raw.status().progress
         followers = [(pr.match, mid) for mid, pr in progress.items() if mid != self.member_id]
@@ -371,29 +385,86 @@ class Node:
     # ------------------------------------------------------------------ the Raft loop
 
     def _kick(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        """Schedule one pass of the Raft loop (once, however often this is called before it runs;
+        proposals made meanwhile join the same Ready). Nothing once stopping, or before start()."""
+        if not self._scheduled and self._loop is not None and not self._halt:
+            self._scheduled = True
+            self._loop.call_soon(self._process)
 
-    async def _run(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while not self._halt:
-            await self._wake.wait()
-            self._wake.clear()
-            self._repropose_held()
-            while self.raw.has_ready():
-                rd = self.raw.ready()
-                if self.storage.needs_save(rd):
-                    try:
-                        await loop.run_in_executor(self._executor, self.storage.save, rd)
-                    except Exception as exc:
-                        self._persist_failed(rd, exc)
-                        break
-                self._send(rd.messages)
-                self._apply_ready(rd)
-                self.raw.advance(rd)
-                self._maybe_snapshot()
-                self._repropose_held()
+    def _process(self) -> None:
+        """Handle Readies until the core has none, or one is being saved (its completion,
+        ``_saved``, goes on from there: what arrived meanwhile forms the next Ready)."""
+        self._scheduled = False
+        if self._halt:
+            return
+        self._repropose_held()
+        self._flush_proposals()  # also while a save runs: they join the next Ready
+        if self._saving is not None:
+            return
+        while self.raw.has_ready():
+            rd = self.raw.ready()
+            if self.storage.needs_save(rd):
+                early = self._send_early(rd)
+                if early or not self._small_and_quiet(rd):  # the transport flushes while it syncs
+                    assert self._log_thread is not None
+                    self._saving, self._saving_early = rd, early
+                    self._log_thread.submit(self.storage.save, rd, self._saved)
+                    return
+                try:
+                    self.storage.save(rd)
+                except Exception as exc:
+                    self._persist_failed(rd, exc)
+                    return
+                self._finish_ready(rd, early)
+            else:
+                self._finish_ready(rd, False)
+
+    def _send_early(self, rd: Ready) -> bool:
+        """A leader's appends and heartbeats leave before its own sync, so that the followers'
+        syncs overlap it (Raft thesis 10.2.1). Safe: a follower may acknowledge these entries
+        (and the core count them committed) while this member's sync runs, but a commit reaches
+        the store, the clients and the other members only through a later Ready, which waits
+        for this one to be saved; the commit index these messages carry was set before this
+        Ready, so it covers entries already on this member's disk. Votes and acknowledgements
+        still wait for the sync. True when sent."""
+        if not rd.entries or not any(m.type in _EARLY for m in rd.messages):
+            return False
+        self._send([m for m in rd.messages if m.type in _EARLY])
+        return True
+
+    def _small_and_quiet(self, rd: Ready) -> bool:
+        """Whether to save ``rd`` on the loop: at most one entry, no snapshot, the log thread
+        idle (it never writes the log at the same time) and the front end quiet, so that the
+        sync delays nothing else (a lone writer waits for exactly this sync anyway)."""
+        hint = self.quiet_hint
+        log_thread = self._log_thread
+        return (hint is not None and len(rd.entries) <= 1 and rd.snapshot is None
+                and log_thread is not None and log_thread.pending == 0 and hint())
+
+    def _saved(self, _result: object, error: BaseException | None) -> None:
+        """The log thread persisted ``self._saving`` (or failed to): finish it, go on."""
+        rd, self._saving = self._saving, None
+        assert rd is not None
+        if error is not None:
+            if not isinstance(error, Exception):
+                raise error
+            self._persist_failed(rd, error)
+        else:
+            self._finish_ready(rd, self._saving_early)
+        if self._halt:
+            if self._drained is not None:
+                _settle(self._drained, None)
+            return
+        self._process()
+
+    def _finish_ready(self, rd: Ready, sent_early: bool) -> None:
+        """Steps 2-4 of the Ready contract, once ``rd`` is persisted (``sent_early``: its
+        appends and heartbeats are sent already)."""
+        self._send([m for m in rd.messages if m.type not in _EARLY] if sent_early else rd.messages)
+        self._apply_ready(rd)
+        self.raw.advance(rd)
+        self._maybe_snapshot()
+        self._repropose_held()
 
     def _persist_failed(self, rd: Ready, error: BaseException) -> None:
         """The log could not be written: fail every waiting proposal and rebuild the core from
@@ -404,6 +475,7 @@ class Node:
             _settle(future, failure)
         self._waiters.clear()
         self._held.clear()
+        self._batch = []
         self.storage.commit_floor = self.applied_index
         self.raw = RawNode(self._raft_config(), self.storage)
         if self.raw.status().voters == (self.member_id,):
@@ -459,18 +531,29 @@ class Node:
             return
         held, self._held = self._held, []
         for key, payload in held:
-            if key in self._waiters:
+            if key not in self._waiters:
+                continue
+            if isinstance(payload, ConfChange):
                 self._propose(key, payload)
+            else:
+                self._batch.append((key, payload))
+        if self._flush_proposals():  # dropped again: held, with no new pass (no busy loop)
+            self._kick()
 
     # ------------------------------------------------------------------ proposing
 
     async def propose(self, request: bytes) -> Event:
         """Run a store request through the log: the Event, or the V2Error the store raised.
         Raises ``ProposalTimeout`` when it cannot commit in time."""
+        event: Event = await self.submit_request(request)
+        return event
+
+    def submit_request(self, request: bytes) -> asyncio.Future[Any]:
+        """``propose`` without a coroutine: the future gets the Event, or the V2Error the store
+        raised, or ``ProposalTimeout``. Raises V2Error (300) at once when stopping."""
         if self._stopping:
             raise V2Error(300, _STOPPED, 0)
-        event: Event = await self._submit_request(request)
-        return event
+        return self._submit_request(request)
 
     def _next_id(self) -> int:
         return next(self._ids) & 0xFFFFFFFFFFFFFFFF
@@ -480,22 +563,40 @@ class Node:
         return self._submit(pid, TAG_REQUEST + _ID_STAMP.pack(pid, self.clock()) + request)
 
     def _submit(self, key: _Key, payload: bytes | ConfChange) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()  # the stored loop: no getpid() per call
+        future: asyncio.Future[Any] = loop.create_future()
         self._waiters[key] = (future, time.monotonic() + self.config.proposal_timeout_s)
         self._propose(key, payload)
         return future
 
     def _propose(self, key: _Key, payload: bytes | ConfChange) -> None:
-        """Hand a proposal to the core; one dropped for want of a leader waits for the next."""
-        try:
-            if isinstance(payload, ConfChange):
+        """Hand a proposal to the core: a normal entry joins the batch the next pass of the
+        loop proposes in one step (one append, one MsgApp per follower); a configuration change
+        goes at once, after that batch. One dropped for want of a leader waits for the next."""
+        if isinstance(payload, ConfChange):
+            self._flush_proposals()
+            try:
                 self.raw.propose_conf_change(payload)
-            else:
-                self.raw.propose(payload)
-        except ProposalDropped:
-            self._held.append((key, payload))
-            return
+            except ProposalDropped:
+                self._held.append((key, payload))
+                return
+        else:
+            self._batch.append((key, payload))
         self._kick()
+
+    def _flush_proposals(self) -> bool:
+        """Propose the batch of normal entries, in order, in one step; True when the core took
+        them (False: none, or dropped for want of a leader and held)."""
+        batch = self._batch
+        if not batch:
+            return False
+        self._batch = []
+        try:
+            self.raw.propose_many([payload for _, payload in batch])
+        except ProposalDropped:
+            self._held.extend(batch)
+            return False
+        return True
 
     def _resolve(self, key: _Key, result: Any) -> None:
         waiter = self._waiters.pop(key, None)
@@ -632,7 +733,8 @@ class Node:
         try:
             await loop.run_in_executor(None, self.storage.save_snapshot_file, snap)
             margin = min(COMPACT_MARGIN, self.config.snapshot_count)
-            await loop.run_in_executor(self._executor, self.storage.compact_log, snap.index, margin)
+            assert self._log_thread is not None
+            await self._log_thread.run(self.storage.compact_log, snap.index, margin)
             log.info("saved snapshot at index %d", snap.index)
         except Exception:
             log.exception("snapshot at index %d failed", snap.index)

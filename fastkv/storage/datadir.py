@@ -3,6 +3,7 @@
 Layout::
 
     <data-dir>/member/log/         the LMDB log (entries, hard state, identity metadata)
+    <data-dir>/member/log/wal      its write-ahead file: the newest entries, one sync per append
     <data-dir>/member/snap/        store snapshots (*.fksnap)
     <data-dir>/member/lock         held (flock) while a server uses the directory
 

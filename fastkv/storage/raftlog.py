@@ -3,8 +3,9 @@
 ``RaftStorage`` answers the core's reads (``hard_state``, ``snapshot``, ``first_index``,
 ``last_index``, ``term``, ``entries``) from a ``LogStore`` and the newest snapshot, and
 ``save(ready)`` persists a Ready: an installed snapshot (file written atomically first, then the
-log reset to it), then the entries and the hard state in ONE LMDB transaction with one sync.
-``save`` runs in the log thread; everything else runs on the event loop.
+log reset to it), then the entries and the hard state in ONE ``LogStore.append`` (one sync).
+``save`` runs in the log thread, or on the event loop while the log thread is idle (never both
+at once); everything else runs on the event loop.
 
 Entry mapping: the core's entries are ``(term, index, type, data)`` with type EntryNormal or
 EntryConfChange; the log keeps fastkv's entry kinds, so that the log reads as what happened:
@@ -147,7 +148,7 @@ class RaftStorage:
         return rd.snapshot is not None or bool(rd.entries) or rd.must_sync
 
     def save(self, rd: Ready) -> None:
-        """Persist ``rd`` (log thread): snapshot first, then entries + hard state in one sync.
+        """Persist ``rd``: snapshot first, then entries + hard state in one sync.
         A hard state whose only change is the commit index rides along with the next write."""
         hs = rd.hard_state
         hard = (hs.term, hs.vote, hs.commit) if hs is not None else None

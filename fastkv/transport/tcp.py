@@ -14,7 +14,9 @@ once when that peer dials us (it is evidently up again).
 
 Each outbound connection starts with a ping; the pong proves the peer accepts our frames
 (which resets the backoff) and gives a round-trip sample. After that one ping rides along
-with a write whenever none is outstanding, so latency samples follow the traffic.
+with a write whenever none is outstanding and ``PING_INTERVAL_S`` passed since the last, so
+latency samples follow the traffic without a pong for every write (at a write per request,
+that would double the frames and wake-ups of both members).
 
 A process that is not a member yet (one about to join the cluster) may open a connection for
 the cluster-info handshake only (``fastkv.transport.framing``): ``fetch_cluster_info`` asks,
@@ -66,6 +68,7 @@ from fastkv.transport.stats import PeerStats
 
 __all__ = ["Backoff", "TcpTransport", "fetch_cluster_info", "parse_peer_url"]
 
+PING_INTERVAL_S = 0.1  # at least this long between two pings riding along with traffic
 INBOUND_KINDS = frozenset((KIND_MESSAGE, KIND_REQUEST, KIND_PING, KIND_INFO_REQUEST))
 InfoHandler = Callable[[], object]
 """Returns the msgpack-serialisable cluster info sent to a process about to join."""
@@ -125,6 +128,7 @@ class _Peer:
         self.dialing: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.probe: tuple[int, float] | None = None  # (ping id, monotonic time sent) while outstanding
+        self.pinged = 0.0  # monotonic time the last ping was sent
         self.active_since = 0.0  # monotonic time the current link was proven by a pong; 0 = not active
         # Queue of encoded frames not yet written
         self.queue: deque[bytes] = deque()
@@ -395,14 +399,14 @@ class TcpTransport:
             self._loop.call_soon(self._flush, peer)
 
     def _flush(self, peer: _Peer) -> None:
-        """Write everything queued for ``peer`` in one write, plus a ping when none is outstanding."""
+        """Write everything queued for ``peer`` in one write, plus a ping when one is due."""
         peer.flush_scheduled = False
         connection = peer.connection
         if connection is None or connection.paused or not peer.queue:
             return  # resume_writing or the next connection flushes
         peer.stats.sent += len(peer.queue)
         peer.stats.writes += 1
-        if peer.probe is None:
+        if peer.probe is None and time.monotonic() - peer.pinged >= PING_INTERVAL_S:
             peer.queue.append(self._ping(peer))
         data = b"".join(peer.queue)
         peer.queue.clear()
@@ -411,7 +415,8 @@ class TcpTransport:
 
     def _ping(self, peer: _Peer) -> bytes:
         probe_id = next(self._probe_ids)
-        peer.probe = (probe_id, time.monotonic())  # uvloop's loop.time() has only millisecond steps
+        peer.pinged = time.monotonic()  # uvloop's loop.time() has only millisecond steps
+        peer.probe = (probe_id, peer.pinged)
         return self._encoder.encode(KIND_PING, peer.member_id, None, probe_id)
 
     # Link life cycle: IDLE/WAITING -> CONNECTING -> CONNECTED -> WAITING -> CONNECTING ...

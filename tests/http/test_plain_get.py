@@ -143,7 +143,7 @@ def test_pipelined_and_split_reads_are_answered_in_order(client: Client) -> None
 def test_read_behind_a_write_waits_for_it(client: Client) -> None:
     put = (b"PUT /v2/keys/dir/a HTTP/1.1\r\nHost: test\r\n"
            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=9")
-    client.protocol.data_received(put)  # the write is in flight: its coroutine has not run yet
+    client.protocol.data_received(put)  # the write is in flight: its answer is pending
     client.protocol.data_received(_plain("/v2/keys/dir/a"))
     client.settle()
     put_reply, get_reply = parse_replies(client.take())

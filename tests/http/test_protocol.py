@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 import pytest
@@ -60,18 +61,29 @@ class FakeNode:
     fail_proposals: bool = False
     member_list: list[Member] = field(default_factory=lambda: [
         Member(MEMBER_ID, "a", ["http://127.0.0.1:2380"], ["http://127.0.0.1:2379"])])
+    loop: asyncio.AbstractEventLoop | None = None  # the loop proposals settle on (else the running one)
 
     def __post_init__(self) -> None:
         self.hub = WatchHub(self.store.history)
 
     async def propose(self, request: bytes):  # type: ignore[no-untyped-def]
+        return await self.submit_request(request)
+
+    def submit_request(self, request: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = (self.loop or asyncio.get_running_loop()).create_future()
         if self.fail_proposals:
-            raise TimeoutError("etcdserver: request timed out")
+            future.set_exception(TimeoutError("etcdserver: request timed out"))
+            return future
         self.raft_index += 1
-        event = self.store.apply(request, time.time_ns())
+        try:
+            event = self.store.apply(request, time.time_ns())
+        except V2Error as error:
+            future.set_exception(error)
+            return future
         if event.action != "get":
             self.hub.notify(event)
-        return event
+        future.set_result(event)
+        return future
 
     def members(self) -> list[Member]:
         return list(self.member_list)
@@ -170,6 +182,7 @@ class Client:
     def __init__(self, node: FakeNode | None = None, settings: Settings | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.node = node or FakeNode()
+        self.node.loop = self.loop
         self.connections = ConnectionSet(self.loop)
         self.transport = FakeTransport()
         self.protocol = HttpProtocol(App(self.node, settings or Settings()), self.connections)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import lmdb
@@ -140,4 +142,99 @@ def test_a_full_map_is_a_clear_error_and_keeps_the_log(tmp_path: Path) -> None:
     assert log.last_index == 2
     log.append(entries(3, 4), None)
     assert log.entries(1, 4) == entries(1, 4)
+    log.close()
+
+
+# -- the write-ahead file: what a crash (no close) leaves is replayed --------------------------
+
+def _crash_after(path: Path, script: str) -> None:
+    """Run ``script`` (with ``log`` open on ``path``) in a child process that exits without
+    closing the log, as a killed server would."""
+    code = ("import os, sys\n"
+            "from fastkv._native.logstore import LogStore, ENTRY_NORMAL\n"
+            f"log = LogStore({str(path)!r})\n"
+            "def entries(lo, hi, term=1):\n"
+            "    return [(i, term, ENTRY_NORMAL, b'data-%d' % i) for i in range(lo, hi)]\n"
+            + script + "\nsys.stdout.flush()\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_appends_survive_a_crash(tmp_path: Path) -> None:
+    _crash_after(tmp_path / "log", "log.append(entries(1, 4), (2, 1, 3))\nlog.append(entries(4, 6), None)")
+    log = LogStore(str(tmp_path / "log"))
+    assert (log.first_index, log.last_index) == (1, 5)
+    assert log.entries(1, 6) == entries(1, 6)
+    assert log.hard_state == (2, 1, 3)
+    log.close()
+
+
+def test_a_truncation_in_the_tail_survives_a_crash(tmp_path: Path) -> None:
+    _crash_after(tmp_path / "log", "log.append(entries(1, 6), None)\n"
+                                   "log.append(entries(3, 5, term=2), (2, 0, 2))")
+    log = LogStore(str(tmp_path / "log"))
+    assert log.entries(1, 5) == entries(1, 3) + entries(3, 5, term=2)
+    assert (log.last_index, log.hard_state) == (4, (2, 0, 2))
+    log.close()
+
+
+def test_a_truncation_below_the_tail_survives_a_crash(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 6), None)
+    log.close()  # entries 1..5 are in LMDB now
+    _crash_after(tmp_path / "log", "log.append(entries(6, 8), None)\n"
+                                   "log.append(entries(2, 4, term=3), None)\n"
+                                   "log.append(entries(4, 5, term=3), (3, 0, 1))")
+    log = LogStore(str(tmp_path / "log"))
+    assert log.entries(1, 5) == entries(1, 2) + entries(2, 5, term=3)
+    assert log.last_index == 4
+    log.close()
+
+
+def test_a_torn_record_ends_the_replay(tmp_path: Path) -> None:
+    _crash_after(tmp_path / "log", "log.append(entries(1, 3), None)\nlog.append(entries(3, 5), None)")
+    wal = tmp_path / "log" / "wal"
+    data = bytearray(wal.read_bytes())
+    first = struct.unpack_from(">I", data, 4)[0] + 16  # the second record starts here
+    data[first + 30] ^= 0xFF  # a crash in the middle of writing it
+    wal.write_bytes(bytes(data))
+    log = LogStore(str(tmp_path / "log"))
+    assert log.last_index == 2
+    assert log.entries(1, 3) == entries(1, 3)
+    log.close()
+
+
+def test_a_damaged_record_before_whole_ones_is_reported_not_dropped(tmp_path: Path) -> None:
+    """A flipped byte in an acknowledged record with acknowledged records after it is not a torn
+    end: opening fails loudly instead of replaying only the entries before it."""
+    _crash_after(tmp_path / "log", "log.append(entries(1, 3), None)\nlog.append(entries(3, 5), None)")
+    wal = tmp_path / "log" / "wal"
+    data = bytearray(wal.read_bytes())
+    data[30] ^= 0xFF  # inside the first record; the second one is whole
+    wal.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError, match="damaged at byte 0: whole records follow it"):
+        LogStore(str(tmp_path / "log"))
+
+
+def test_records_of_an_earlier_pass_are_not_replayed(tmp_path: Path) -> None:
+    _crash_after(tmp_path / "log", "log.append(entries(1, 4), None)")
+    stale = (tmp_path / "log" / "wal").read_bytes()
+    log = LogStore(str(tmp_path / "log"))  # replays, then starts a new pass
+    log.compact(3)
+    log.close()
+    (tmp_path / "log" / "wal").write_bytes(stale)  # the old records are back in the file
+    log = LogStore(str(tmp_path / "log"))
+    assert (log.first_index, log.last_index) == (4, 3)
+    log.close()
+
+
+def test_many_appends_move_into_lmdb_and_read_back(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    for i in range(1, 20_001, 50):
+        log.append(entries(i, i + 50), (1, 0, i))
+    assert log.entries(1, 20_001) == entries(1, 20_001)
+    log.compact(15_000)
+    assert log.entries(15_001, 20_001) == entries(15_001, 20_001)
+    log.close()
+    log = LogStore(str(tmp_path / "log"))
+    assert (log.first_index, log.last_index, log.hard_state) == (15_001, 20_000, (1, 0, 19_951))
     log.close()
