@@ -126,7 +126,7 @@ def test_http_get(benchmark, http_client) -> None:  # type: ignore[no-untyped-de
 
 def test_http_put(benchmark, http_client) -> None:  # type: ignore[no-untyped-def]
     """The same for a write through an in-memory node that applies at once, plus the loop turns
-    that run the proposal's coroutine."""
+    that run the proposal's callback."""
     def put() -> bytes:
         http_client.protocol.data_received(PUT_REQUEST)
         while not http_client.transport.buffer:
@@ -156,7 +156,8 @@ def test_watch_fanout(benchmark, store: Store, watchers: int) -> None:  # type: 
 
 @pytest.mark.parametrize("batch_size", [1, 100])
 def test_log_append_sync(benchmark, tmp_path: Path, batch_size: int) -> None:  # type: ignore[no-untyped-def]
-    """One append of a batch of 100-byte entries: one LMDB transaction, one sync."""
+    """One append of a batch of 100-byte entries: one write-ahead record, one
+    fdatasync (the entries move into LMDB in a synced transaction every 8,192 entries)."""
     log = LogStore(str(tmp_path / "log"))
     data = b"d" * 100
 
