@@ -50,6 +50,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
+from bench import servers
 from bench.macro import (
     RESULTS_DIR,
     Mode,
@@ -72,7 +73,6 @@ from fleetd.registry.layout import Layout, children, decode_unit_state, read_job
 from fleetd.registry.registry import Registry
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState, UnitStatus
 from fleetd.unit import UnitFile
-from tests import harness
 
 SCALE_RESULTS_DIR = RESULTS_DIR / "fleet_scale"
 PREFIX = "/_coreos.com/fleet/"
@@ -268,9 +268,9 @@ class CountingClient(EtcdClient):
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
 
     async def _keys(self, method: str, key: str, params: Mapping[str, str], *, repeatable: bool = True,
-                    watch: bool = False) -> EtcdResult:
+                    watch: bool = False, timeout: float | None = None) -> EtcdResult:
         self.counts[request_kind(method, params, watch)] += 1
-        return await super()._keys(method, key, params, repeatable=repeatable, watch=watch)
+        return await super()._keys(method, key, params, repeatable=repeatable, watch=watch, timeout=timeout)
 
 
 class TimedEngine(Engine):
@@ -338,16 +338,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def start_registry(registry: str, tmp: Path) -> list[harness.Server]:
+def start_registry(registry: str, tmp: Path) -> list[servers.Server]:
     """The registry's servers, started: one fastkv or etcd (as the macro suite starts them), or three
     fastkv members of one cluster."""
     tmp.mkdir(parents=True, exist_ok=True)
     if registry != "fastkv3":
         return [make_server(registry, "fastkv", tmp, registry).start(60)]
-    members = harness.fastkv_cluster(tmp, 3)
-    for member in members:
-        member.env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    return harness.start_all(members, 60)
+    return servers.start_all(servers.cluster("fastkv", tmp, 3), 60)
 
 
 def worker_rounds(results: multiprocessing.Queue[Any], workers: int, timeout: float = 120.0) -> list[Round]:
@@ -363,10 +360,10 @@ def worker_rounds(results: multiprocessing.Queue[Any], workers: int, timeout: fl
     return rounds
 
 
-def requests_received(servers: Sequence[harness.Server]) -> dict[str, float]:
+def requests_received(members: Sequence[servers.Server]) -> dict[str, float]:
     """``etcd_http_received_total`` by method, summed over the members."""
     total: dict[str, float] = {}
-    for server in servers:
+    for server in members:
         with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
             for method, count in received_by_method(response.read().decode()).items():
                 total[method] = total.get(method, 0.0) + count
@@ -502,8 +499,8 @@ async def _launch(urls: Sequence[str], scale: Scale) -> dict[str, Any]:
 
 def measure(registry: str, scale: Scale, tmp: Path) -> Measurement:
     """One registry: start it and the machines, launch, count steady-state requests, stop everything."""
-    servers = start_registry(registry, tmp / registry)
-    urls = [s.url for s in servers]
+    members = start_registry(registry, tmp / registry)
+    urls = [s.url for s in members]
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     results: multiprocessing.Queue[Any] = context.Queue()
@@ -525,10 +522,10 @@ def measure(registry: str, scale: Scale, tmp: Path) -> Measurement:
             f"{launch['scheduled']:.1f}s and running after {launch['launch']:.1f}s (units per machine "
             f"{launch['units_per_machine']})")
         time.sleep(2.0)  # let the last publishes and heartbeats of the launch settle
-        before, received_before, t0 = sent(), requests_received(servers), time.monotonic()
+        before, received_before, t0 = sent(), requests_received(members), time.monotonic()
         time.sleep(scale.window)
         by_kind = counts_between(before, sent())
-        received = counts_between(received_before, requests_received(servers))
+        received = counts_between(received_before, requests_received(members))
         elapsed = time.monotonic() - t0
         rate = sum(by_kind.values()) / elapsed
         per_kind = {kind: round(count / elapsed, 1) for kind, count in by_kind.items()}
@@ -543,8 +540,7 @@ def measure(registry: str, scale: Scale, tmp: Path) -> Measurement:
             process.join(10)
             if process.is_alive():
                 process.kill()
-        for server in servers:
-            server.stop()
+        servers.stop_all(members)
     figures: dict[str, float | None] = {"launch": launch["launch"], "submit": launch["submit"],
                                         "steady_rps": rate}
     figures.update(reconcile_figures(rounds, launch["launched_wall"]))

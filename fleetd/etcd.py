@@ -23,7 +23,8 @@ Contracts:
 
 * ``request_timeout`` bounds connecting plus receiving the whole answer of a normal request, and
   connecting plus receiving the headers of a watch (etcd sends a watch's headers at once); the wait for
-  a watch's event is bounded only by the ``timeout`` given to ``watch``.
+  a watch's event is bounded only by the ``timeout`` given to ``watch``. ``get(..., timeout=...)``
+  replaces ``request_timeout`` for that one read (big recursive reads on a busy cluster).
 
 * TTLs are seconds; etcd counts whole seconds, so a fractional TTL is rounded up (never below 1).
 """
@@ -299,6 +300,8 @@ class _Request:
     body: bytes = b""
     repeatable: bool = True
     watch: bool = False
+    #: Seconds for this request instead of the client's ``request_timeout`` (None: the client's).
+    timeout: float | None = None
 
 
 class _Pool:
@@ -417,11 +420,12 @@ class EtcdClient:
     # -- reads -----------------------------------------------------------------------------------------
 
     async def get(self, key: str, *, recursive: bool = False, sort: bool = False,
-                  quorum: bool = False) -> EtcdResult:
+                  quorum: bool = False, timeout: float | None = None) -> EtcdResult:
         """Read a key or a directory (``recursive``: the whole subtree; ``sort``: children by key;
-        ``quorum``: linearizable, through raft). Raises ``EtcdKeyNotFound`` when absent."""
+        ``quorum``: linearizable, through raft). ``timeout`` (seconds) replaces ``request_timeout``
+        for this read only (None: the client's). Raises ``EtcdKeyNotFound`` when absent."""
         params = {"recursive": recursive, "sorted": sort, "quorum": quorum}
-        return await self._keys("GET", key, {k: _bool(v) for k, v in params.items() if v})
+        return await self._keys("GET", key, {k: _bool(v) for k, v in params.items() if v}, timeout=timeout)
 
     # -- writes ----------------------------------------------------------------------------------------
 
@@ -549,13 +553,14 @@ class EtcdClient:
     # -- transport -------------------------------------------------------------------------------------
 
     async def _keys(self, method: str, key: str, params: Mapping[str, str], *, repeatable: bool = True,
-                    watch: bool = False) -> EtcdResult:
+                    watch: bool = False, timeout: float | None = None) -> EtcdResult:
+        """One keys-API request; ``timeout`` None uses ``request_timeout``."""
         path = "/v2/keys" + quote("/" + key.lstrip("/"), safe="/")
         if method == "PUT":
-            request = _Request(method, path, urlencode(params).encode(), repeatable, watch)
+            request = _Request(method, path, urlencode(params).encode(), repeatable, watch, timeout)
         else:
             target = path + ("?" + urlencode(params) if params else "")
-            request = _Request(method, target, b"", repeatable or method == "GET", watch)
+            request = _Request(method, target, b"", repeatable or method == "GET", watch, timeout)
         response = await self._send(request)
         return self._decode(response, watch)
 
@@ -579,6 +584,10 @@ class EtcdClient:
             return response
         raise self._unavailable(failures)
 
+    def _timeout(self, request: _Request) -> float:
+        """The seconds ``request`` may take: its own timeout, else the client's ``request_timeout``."""
+        return self.request_timeout if request.timeout is None else request.timeout
+
     @staticmethod
     def _unavailable(failures: Sequence[_NotSent | _NoAnswer]) -> EtcdUnavailable:
         text = "; ".join(str(f) for f in failures)
@@ -589,7 +598,7 @@ class EtcdClient:
         """One exchange on ``pool``'s endpoint; a stale reused connection is replaced once."""
         for _ in range(2):
             try:
-                async with asyncio.timeout(self.request_timeout):
+                async with asyncio.timeout(self._timeout(request)):
                     conn = await pool.acquire()
             except TimeoutError:
                 raise _NotSent("timed out connecting") from None
@@ -614,7 +623,7 @@ class EtcdClient:
                      f"Content-Length: {len(request.body)}\r\n")
         got_head = False
         try:
-            async with asyncio.timeout(self.request_timeout) as deadline:
+            async with asyncio.timeout(self._timeout(request)) as deadline:
                 conn.writer.write(head.encode("latin-1") + b"\r\n" + request.body)
                 await conn.writer.drain()
                 status, headers, keep_alive = await read_head(conn.reader)

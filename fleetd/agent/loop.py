@@ -25,7 +25,10 @@ Three pieces, each a thin adapter around pure code:
   current (what the runtime has loaded and the state the agent drove it to) gives ordered tasks,
   executed through the runtime and logged with their reasons. Every ``STATE_POLL_INTERVAL`` it
   publishes the runtime's state of each loaded unit when it changed, re-publishes it before its TTL
-  runs out, and heartbeats launched units (``PUBLISH_CONCURRENCY`` writes at a time).
+  runs out, and heartbeats launched units (``PUBLISH_CONCURRENCY`` writes at a time). When the runtime
+  tracks Docker containers (it has an ``engine``: ``fleetd.runtime.containers``), the same poll lists
+  this machine's containers once and a unit's state carries its containers (``<short ID> <state>``),
+  so a container that starts, stops or goes is published within ``STATE_POLL_INTERVAL``.
 
 Differences from fleet:
 
@@ -59,9 +62,18 @@ from fleetd.etcd import EtcdCompareFailed, EtcdException, EtcdKeyNotFound, EtcdN
 from fleetd.files import write_atomically
 from fleetd.job import JobState, Unit, UnitState, requirements_of
 from fleetd.machine import MachineState, merge_metadata
-from fleetd.registry.layout import EtcdOp, JobRecord, OpKind, decode_job_object, decode_target_state
+from fleetd.registry.layout import (
+    EtcdOp,
+    JobRecord,
+    OpKind,
+    decode_job_object,
+    decode_target_state,
+    unit_containers,
+    with_containers,
+)
 from fleetd.registry.registry import CatchUp, JobEvent, Registry, bounded_gather, catch_up_backlog
 from fleetd.runtime.base import UnitRuntime, UnitRuntimeError
+from fleetd.runtime.containers import DockerEngine, DockerError
 from fleetd.unit import go_quote
 
 log = logging.getLogger("fleetd.agent")
@@ -576,16 +588,19 @@ class Agent:
         now, period = self.clock(), republish_period(self.ttl)
         names = sorted(self.current)
         states = await self.runtime.states(names) if names else {}
+        containers = await self._containers() if names else {}
         saves: list[Callable[[], Awaitable[None]]] = []
         for name in names:
             loaded = self.current.get(name)  # a reconcile may unload units while this one awaits
             if loaded is None:
                 continue
             runtime_state = states[name]
-            state = UnitState(name, self.machine_id, loaded.unit_hash, runtime_state.load_state,
-                              runtime_state.active_state, runtime_state.sub_state)
+            systemd = UnitState(name, self.machine_id, loaded.unit_hash, runtime_state.load_state,
+                                runtime_state.active_state, runtime_state.sub_state)
+            state = with_containers(systemd, containers.get(name, ()))
             previous = self._published.get(name)
-            if previous is None or not state.same_systemd_state(previous[0]) or now - previous[1] >= period:
+            if previous is None or not state.same_systemd_state(previous[0]) \
+                    or unit_containers(state) != unit_containers(previous[0]) or now - previous[1] >= period:
                 saves.append(functools.partial(self._save_state, state, now))
         await bounded_gather(saves, PUBLISH_CONCURRENCY)
         for name in sorted(set(self._published) - set(self.current)):
@@ -598,6 +613,22 @@ class Agent:
             if launched and now - self._beats.get(name, -math.inf) >= period:
                 beats.append(functools.partial(self._beat, name, now))
         await bounded_gather(beats, PUBLISH_CONCURRENCY)
+
+    async def _containers(self) -> dict[str, list[str]]:
+        """This machine's Docker containers by unit, ``<short ID> <state>`` each, oldest first, from one
+        listing on the runtime's ``engine``; empty when the runtime has none or the engine is down."""
+        engine = getattr(self.runtime, "engine", None)
+        if not isinstance(engine, DockerEngine):
+            return {}
+        try:
+            found = await engine.containers(self.machine_id)
+        except DockerError as err:
+            log.debug("Listing the containers of units failed: %s", err)
+            return {}
+        by_unit: dict[str, list[str]] = {}
+        for container in found:
+            by_unit.setdefault(container.unit, []).append(f"{container.id[:12]} {container.state}")
+        return by_unit
 
     async def _save_state(self, state: UnitState, now: float) -> None:
         await self.registry.save_unit_state(state, self.ttl)

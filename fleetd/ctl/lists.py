@@ -49,6 +49,7 @@ async def list_units(ctx: Context, args: list[str]) -> int:
         "sub": lambda s: s.get("systemdSubState", ""),
         "load": lambda s: s.get("systemdLoadState", ""),
         "hash": lambda s: _hash(s.get("hash", ""), full),
+        "container": lambda s: ", ".join(s.get("containers") or []) or "-",  # an addition to fleet
     }
     return _print_table(ctx, states, columns)
 

@@ -108,7 +108,7 @@ COMMANDS = (
                   _FIELDS.format("Unit file", '"desc,dstate,global,hash,state,target,tmachine,unit"')))),
     Command("list-units", "List the current state of units in the cluster", "", lists.list_units,
             (*LIST_FLAGS, Flag("fields", str, "unit,machine,active,sub",
-                               _FIELDS.format("Unit", '"active,hash,load,machine,sub,unit"')))),
+                               _FIELDS.format("Unit", '"active,container,hash,load,machine,sub,unit"')))),
     Command("load", _LOAD, "UNIT...", units.load, (*BLOCK_FLAGS, REPLACE, SIGN)),
     Command("restart", "Instruct systemd to restart one or more units in the cluster.", "UNIT...",
             units.restart, BLOCK_FLAGS),

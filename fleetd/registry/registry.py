@@ -65,6 +65,10 @@ T = TypeVar("T")
 READ_CONCURRENCY = 16
 #: A watch behind by fewer indexes than this walks etcd's history rather than reading again.
 CATCH_UP_MIN_BACKLOG = 100
+#: Seconds a big recursive read (``read``, ``read_view``, ``jobs``, a watch's catch-up read) may take
+#: at least: 1,000 units make ``job/`` some 0.8 MB, which can take more than the usual 1 s request
+#: timeout on a busy registry, and timing it out only repeats the work.
+BIG_READ_TIMEOUT = 5.0
 
 
 def catch_up_backlog(entries: int) -> int:
@@ -350,6 +354,12 @@ class Registry:
 
     # -- reading the cluster ---------------------------------------------------------------------------
 
+    @property
+    def big_read_timeout(self) -> float:
+        """The timeout of a big recursive read: the client's ``request_timeout``, at least
+        ``BIG_READ_TIMEOUT``."""
+        return max(self.client.request_timeout, BIG_READ_TIMEOUT)
+
     async def _get_dir(self, key: str) -> Mapping[str, Any] | None:
         try:
             return (await self.client.get(key, recursive=True, sort=True, quorum=True)).node
@@ -360,7 +370,8 @@ class Registry:
         """The whole registry in one quorum GET: units (with desired and current states), schedule,
         machines and unit states, plus the index to watch from (``index + 1``)."""
         try:
-            result = await self.client.get(self.layout.key(), recursive=True, sort=True, quorum=True)
+            result = await self.client.get(self.layout.key(), recursive=True, sort=True, quorum=True,
+                                           timeout=self.big_read_timeout)
             root, index = result.node, result.etcd_index
         except EtcdKeyNotFound as err:
             root, index = None, err.index
@@ -378,7 +389,7 @@ class Registry:
         async def one(section: str) -> None:
             try:
                 result = await self.client.get(self.layout.key(section), recursive=True, sort=True,
-                                               quorum=True)
+                                               quorum=True, timeout=self.big_read_timeout)
                 view.reset(section, result.node, result.etcd_index)
             except EtcdKeyNotFound as err:
                 view.reset(section, None, err.index)
@@ -396,7 +407,8 @@ class Registry:
         """Every ``job/<name>`` record (no unit blobs, no states) in one quorum GET, and the etcd index
         it was read at (watch ``job/`` from ``index + 1`` to miss nothing)."""
         try:
-            result = await self.client.get(self.layout.jobs_dir(), recursive=True, sort=True, quorum=True)
+            result = await self.client.get(self.layout.jobs_dir(), recursive=True, sort=True, quorum=True,
+                                           timeout=self.big_read_timeout)
         except EtcdKeyNotFound as err:
             return [], err.index
         return read_jobs(result.node), result.etcd_index
@@ -484,7 +496,7 @@ class Registry:
                     if catch_up is not None and event.action != "get" and await catch_up.due(event):
                         break
             try:
-                reread = await self.client.get(key, recursive=True, sort=True)
+                reread = await self.client.get(key, recursive=True, sort=True, timeout=self.big_read_timeout)
             except EtcdKeyNotFound as err:
                 reread = EtcdResult("get", None, etcd_index=err.index)
             yield reread

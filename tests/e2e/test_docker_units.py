@@ -40,6 +40,16 @@ LONG_RUNNING = ("[Unit]\nDescription=A {what}\n\n[Service]\n"
                 "while true; do sleep 1; done'\n")
 
 
+def listed_container(machine: Machine, name: str) -> str:
+    """The CONTAINER column of ``name`` in ``fleetctl list-units`` (empty when not listed)."""
+    listing = machine.fleetctl("list-units", "--no-legend", "--fields=unit,container").stdout
+    for line in listing.splitlines():
+        fields = line.split(None, 1)
+        if len(fields) == 2 and fields[0] == name:
+            return fields[1].strip()
+    return ""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[harness.Server]]:
     members = fastkv_on_bridge(tmp_path_factory.mktemp("fastkv"))
@@ -64,12 +74,15 @@ def test_container_is_labelled_reported_and_removed_with_its_unit(machine: Machi
     status = machine.fleetctl("status", "box.service")
     assert status.returncode == 0, status.stderr
     assert f"Container: {first[:12]} {name} running (busybox:local)" in status.stdout
+    wait("list-units to show the container", lambda: listed_container(machine, "box.service")
+         == f"{first[:12]} running", logs=machine.log)
     journal = wait("the container's output in the journal",
                    functools.partial(journal_with, machine, "box.service", "hello from"))
     assert f"hello from {name}" in journal
 
     assert machine.fleetctl("stop", "box.service").returncode == 0
     wait("the container to go with the stop", lambda: not unit_containers(machine, "box.service"), timeout=20)
+    wait("list-units to show no container", lambda: listed_container(machine, "box.service") == "-")
     assert machine.fleetctl("start", "box.service").returncode == 0
     second = wait("a new container", lambda: running_container(machine, "box.service"))
     assert second != first

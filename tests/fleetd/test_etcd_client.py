@@ -25,6 +25,9 @@ from fleetd.etcd import (
     EtcdTimeout,
     EtcdUnavailable,
 )
+from fleetd.job import Unit
+from fleetd.registry.registry import BIG_READ_TIMEOUT, Registry
+from fleetd.unit import UnitFile
 from tests import harness
 
 T = TypeVar("T")
@@ -220,13 +223,15 @@ def test_watch_forever_recovers_when_history_is_cleared(etcd_server: harness.Ser
     run(scenario())
 
 
-async def _proxy(target_port: int) -> tuple[asyncio.Server, set[asyncio.StreamWriter]]:
-    """A TCP relay to ``target_port``; closing it and its writers cuts every link through it."""
+async def _proxy(target_port: int, delay: float = 0.0) -> tuple[asyncio.Server, set[asyncio.StreamWriter]]:
+    """A TCP relay to ``target_port`` that holds each chunk of an answer ``delay`` seconds before
+    passing it on; closing it and its writers cuts every link through it."""
     writers: set[asyncio.StreamWriter] = set()
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float = 0.0) -> None:
         try:
             while data := await reader.read(65536):
+                await asyncio.sleep(hold)
                 writer.write(data)
                 await writer.drain()
         except OSError:
@@ -237,7 +242,7 @@ async def _proxy(target_port: int) -> tuple[asyncio.Server, set[asyncio.StreamWr
     async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
         writers.update((client_w, server_w))
-        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w, delay))
 
     return await asyncio.start_server(relay, "127.0.0.1", 0), writers
 
@@ -257,6 +262,26 @@ def test_failover_to_the_next_endpoint(etcd_server: harness.Server) -> None:
             assert (await etcd.get("/fo")).value == "1"
             assert etcd.current_endpoint == etcd_server.url
             assert (await etcd.set("/fo", "2")).value == "2"
+    run(scenario())
+
+
+def test_a_read_can_take_longer_than_the_request_timeout(etcd_server: harness.Server) -> None:
+    async def scenario() -> None:
+        relay, _ = await _proxy(etcd_server.client_port, delay=0.6)
+        slow_url = f"http://127.0.0.1:{relay.sockets[0].getsockname()[1]}"
+        async with EtcdClient(etcd_server.url) as direct:
+            await direct.set("/slow", "x")
+            await Registry(direct).create_unit(Unit("slow.service", UnitFile.from_text("[Service]\n")))
+        async with EtcdClient(slow_url, request_timeout=0.2) as etcd:
+            assert (await etcd.get("/slow", timeout=5.0)).value == "x"
+            with pytest.raises(EtcdTimeout):
+                await etcd.get("/slow")  # the client's 0.2 s again
+            with pytest.raises(EtcdTimeout):
+                await etcd.get("/slow", timeout=0.1)
+            registry = Registry(etcd)  # its big reads wait at least BIG_READ_TIMEOUT
+            assert registry.big_read_timeout == BIG_READ_TIMEOUT
+            assert [job.name for job in (await registry.jobs())[0]] == ["slow.service"]
+        relay.close()
     run(scenario())
 
 

@@ -163,6 +163,7 @@ def test_unit_lifecycle(fleetctl: Fleetctl) -> None:
         0,
         f"hello.service\tloaded\t{fleetctl_hash(HELLO)}\n",
     )
+    expect(fleetctl("list-units", "--fields=unit,container"), 0, "UNIT\t\tCONTAINER\nhello.service\t-\n")
     expect(
         fleetctl("list-unit-files", "--fields=unit,desc,global,tmachine", "--full"),
         0,
