@@ -199,33 +199,34 @@ class RegistryView:
     def _delete(self, parts: list[str], index: int, change: EtcdResult) -> bool:
         if self._reflected(parts, index):
             return False
-        self._indexes["/".join(parts)] = index
         changed = False
         for section in self._sections.values():
             if section.head[:len(parts)] == parts:  # the section or a directory above it
                 section.remember(index, change)
-                changed = changed or bool(section.groups)
-                section.groups = {}
-                self._invalidate(section.name, None)
+                for group in list(section.groups):
+                    changed = self._delete_below(section, group, "", index) or changed
         located = self._locate(parts)
         if located is not None:
             section, group, leaf = located
             section.remember(index, change)
-            changed = self._delete_below(section, group, leaf) or changed
+            changed = self._delete_below(section, group, leaf, index) or changed
+        self._indexes["/".join(parts)] = index  # after: it marks what this deletion already covers
         return changed
 
-    def _delete_below(self, section: _Section, group: str, path: str) -> bool:
-        """Remove the leaf ``path`` of ``group`` and every leaf below it (the whole group for ``""``)."""
+    def _delete_below(self, section: _Section, group: str, path: str, index: int) -> bool:
+        """Apply a deletion at ``index`` of the leaf ``path`` of ``group`` and everything below it (the
+        whole group for ``""``): leaves set after ``index`` (a later write whose answer came first)
+        stay. True when a leaf a scheduling decision depends on went."""
         leaves = section.groups.get(group)
         if leaves is None:
             return False
-        if not path:
-            del section.groups[group]
-            self._invalidate(section.name, group)
-            return True
-        gone = [k for k in leaves if k == path or k.startswith(path + "/")]
+        below = f"{section.name}/{group}"
+        gone = [k for k in leaves if (not path or k == path or k.startswith(path + "/"))
+                and self._indexes.get(f"{below}/{k}" if k else below, 0) < index]
         for key in gone:
             del leaves[key]
+        if not leaves:
+            del section.groups[group]
         if gone:
             self._invalidate(section.name, group)
         return bool(gone) and not all((section.name, k) in QUIET_LEAVES for k in gone)
