@@ -116,6 +116,8 @@ class UnitState:
     """systemd's view of one unit on one machine, as published by that machine's agent.
 
     The three systemd states are copied verbatim (``loaded/active/running``, ``not-found/...``).
+    ``containers`` lists the unit's Docker containers, ``<short ID> <state>`` each
+    (``3f2a1c0d9e8b running``): an addition to fleet's record (see ``encode_unit_state``).
     """
 
     unit_name: str
@@ -124,10 +126,12 @@ class UnitState:
     load_state: str = ""
     active_state: str = ""
     sub_state: str = ""
+    containers: tuple[str, ...] = ()
 
-    def to_api(self) -> dict[str, str]:
+    def to_api(self) -> dict[str, Any]:
         """The API's ``UnitState`` (alphabetical keys, empty fields omitted)."""
         return omit_empty({
+            "containers": list(self.containers),
             "hash": self.unit_hash,
             "machineID": self.machine_id,
             "name": self.unit_name,

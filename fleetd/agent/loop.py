@@ -68,8 +68,6 @@ from fleetd.registry.layout import (
     OpKind,
     decode_job_object,
     decode_target_state,
-    unit_containers,
-    with_containers,
 )
 from fleetd.registry.registry import CatchUp, JobEvent, Registry, bounded_gather, catch_up_backlog
 from fleetd.runtime.base import UnitRuntime, UnitRuntimeError
@@ -595,12 +593,12 @@ class Agent:
             if loaded is None:
                 continue
             runtime_state = states[name]
-            systemd = UnitState(name, self.machine_id, loaded.unit_hash, runtime_state.load_state,
-                                runtime_state.active_state, runtime_state.sub_state)
-            state = with_containers(systemd, containers.get(name, ()))
+            state = UnitState(name, self.machine_id, loaded.unit_hash, runtime_state.load_state,
+                              runtime_state.active_state, runtime_state.sub_state,
+                              tuple(containers.get(name, ())))
             previous = self._published.get(name)
             if previous is None or not state.same_systemd_state(previous[0]) \
-                    or unit_containers(state) != unit_containers(previous[0]) or now - previous[1] >= period:
+                    or state.containers != previous[0].containers or now - previous[1] >= period:
                 saves.append(functools.partial(self._save_state, state, now))
         await bounded_gather(saves, PUBLISH_CONCURRENCY)
         for name in sorted(set(self._published) - set(self.current)):

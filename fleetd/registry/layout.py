@@ -25,7 +25,6 @@ Writes are described as ``EtcdOp`` values carrying fleet's preconditions; an ada
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import re
@@ -33,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleetd.job import JobState, Unit, UnitState, determine_job_state, omit_empty
+from fleetd.job import JobState, Unit, UnitState, determine_job_state
 from fleetd.machine import MachineState, merge_metadata
 from fleetd.unit import UnitFile, UnitHash, UnitParseError
 
@@ -236,30 +235,6 @@ def decode_machine_object(value: str, dynamic_metadata: Mapping[str, str] | None
         version=str(obj.get("Version") or ""))
 
 
-@dataclass(frozen=True, slots=True)
-class UnitStateWithContainers(UnitState):
-    """A unit state that also lists the unit's Docker containers, ``<short ID> <state>`` each
-    (``3f2a1c0d9e8b running``): an addition to fleet's record, see ``encode_unit_state``."""
-
-    containers: tuple[str, ...] = ()
-
-    def to_api(self) -> dict[str, Any]:
-        """``UnitState.to_api`` plus ``containers`` (a list; omitted when empty)."""
-        return omit_empty({"containers": list(self.containers), **UnitState.to_api(self)})
-
-
-def unit_containers(state: UnitState | None) -> tuple[str, ...]:
-    """The containers a unit state lists (none for a plain ``UnitState`` or None)."""
-    return state.containers if isinstance(state, UnitStateWithContainers) else ()
-
-
-def with_containers(state: UnitState, containers: Iterable[str]) -> UnitState:
-    """``state`` listing ``containers``; a plain ``UnitState`` when there are none."""
-    listed = tuple(containers)
-    systemd = {f.name: getattr(state, f.name) for f in dataclasses.fields(UnitState)}
-    return UnitStateWithContainers(**systemd, containers=listed) if listed else UnitState(**systemd)
-
-
 def encode_unit_state(state: UnitState) -> str:
     """``states/<name>/<mid>`` and ``state/<name>``: systemd states, a bare machine state and the hash,
     byte for byte fleet's; a state with containers adds ``"containers":["<id> <state>",...]`` at the end
@@ -267,23 +242,21 @@ def encode_unit_state(state: UnitState) -> str:
     record: dict[str, Any] = {
         "loadState": state.load_state, "activeState": state.active_state, "subState": state.sub_state,
         "machineState": _machine_state_json(None, state.machine_id), "unitHash": state.unit_hash}
-    containers = unit_containers(state)
-    return go_json({**record, "containers": list(containers)} if containers else record)
+    return go_json({**record, "containers": list(state.containers)} if state.containers else record)
 
 
 def decode_unit_state(value: str, unit_name: str, machine_id: str = "") -> UnitState:
-    """Parse a unit state; the machine ID comes from the value, else from ``machine_id`` (the key).
-    A record with a non-empty ``containers`` list gives a ``UnitStateWithContainers``."""
+    """Parse a unit state; the machine ID comes from the value, else from ``machine_id`` (the key)."""
     obj = _load(value, "unit state")
     if not isinstance(obj, dict):
         raise LayoutError("unit state is not an object")
     machine = obj.get("machineState") or {}
-    state = UnitState(unit_name=unit_name, machine_id=str(machine.get("ID") or machine_id),
+    containers = obj.get("containers")
+    return UnitState(unit_name=unit_name, machine_id=str(machine.get("ID") or machine_id),
                       unit_hash=str(obj.get("unitHash") or ""), load_state=str(obj.get("loadState") or ""),
                       active_state=str(obj.get("activeState") or ""),
-                      sub_state=str(obj.get("subState") or ""))
-    containers = obj.get("containers")
-    return with_containers(state, (str(c) for c in containers) if isinstance(containers, list) else ())
+                      sub_state=str(obj.get("subState") or ""),
+                      containers=tuple(str(c) for c in containers) if isinstance(containers, list) else ())
 
 
 @dataclass(frozen=True, slots=True)

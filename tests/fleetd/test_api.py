@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import http.client
 import json
 import socket
@@ -21,7 +22,7 @@ from fleetd.config import FleetConfig, ListenAddress
 from fleetd.etcd import EtcdClient, EtcdException
 from fleetd.job import JobState, Unit, UnitState
 from fleetd.machine import MachineState
-from fleetd.registry.layout import Layout, with_containers
+from fleetd.registry.layout import Layout
 from fleetd.registry.registry import Registry
 from fleetd.runtime.base import UnitRuntimeState, UnitStatus
 from fleetd.unit import UnitFile
@@ -410,7 +411,8 @@ def test_unit_current_state_follows_schedule_states_and_heartbeat(api: Cluster) 
     assert api.json("GET", f"/fleet/v1/state?machineID={M2.id}")[1]["states"][0]["name"] == "mon.service"
     assert api.json("GET", "/fleet/v1/state?unitName=hello.service")[1]["states"][0]["machineID"] == M1.id
     assert api.json("GET", "/fleet/v1/state?unitName=none.service")[1] == {}
-    api.run(api.registry.save_unit_state(with_containers(state, ["3f2a1c0d9e8b running"]), 30))
+    with_container = dataclasses.replace(state, containers=("3f2a1c0d9e8b running",))
+    api.run(api.registry.save_unit_state(with_container, 30))
     assert api.json("GET", "/fleet/v1/state/hello.service")[1] == {
         **json.loads(body), "containers": ["3f2a1c0d9e8b running"]}
 

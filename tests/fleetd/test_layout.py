@@ -1,5 +1,6 @@
 """fleet's etcd key layout and value formats: what any fleet tool reading the same etcd expects."""
 
+import dataclasses
 import json
 from typing import Any
 
@@ -42,8 +43,6 @@ from fleetd.registry.layout import (
     read_machines,
     read_unit_blobs,
     read_unit_states,
-    unit_containers,
-    with_containers,
 )
 from fleetd.unit import UnitFile
 
@@ -131,12 +130,12 @@ def test_unit_state_as_observed() -> None:
 
 def test_unit_state_with_containers_adds_one_field_at_the_end() -> None:
     plain = UnitState("web.service", MID, HELLO.hash.hex, "loaded", "active", "running")
-    state = with_containers(plain, ["3f2a1c0d9e8b running", "5e6f7a8b9c0d exited"])
+    state = dataclasses.replace(plain, containers=("3f2a1c0d9e8b running", "5e6f7a8b9c0d exited"))
     value = encode_unit_state(state)
     assert value == (encode_unit_state(plain)[:-1]
                      + ',"containers":["3f2a1c0d9e8b running","5e6f7a8b9c0d exited"]}')
     decoded = decode_unit_state(value, "web.service")
-    assert decoded == state and unit_containers(decoded) == ("3f2a1c0d9e8b running", "5e6f7a8b9c0d exited")
+    assert decoded == state and decoded.containers == ("3f2a1c0d9e8b running", "5e6f7a8b9c0d exited")
     assert decoded.same_systemd_state(plain)
     assert state.to_api() == {**plain.to_api(), "containers": ["3f2a1c0d9e8b running", "5e6f7a8b9c0d exited"]}
     assert list(state.to_api()) == sorted(state.to_api())
@@ -144,8 +143,8 @@ def test_unit_state_with_containers_adds_one_field_at_the_end() -> None:
 
 def test_unit_state_without_containers_stays_fleets_record() -> None:
     plain = UnitState("web.service", MID, HELLO.hash.hex, "loaded", "active", "running")
-    assert with_containers(plain, []) == plain and unit_containers(plain) == ()
-    assert "containers" not in encode_unit_state(with_containers(plain, []))
+    assert plain.containers == ()
+    assert "containers" not in encode_unit_state(plain)
     decoded = decode_unit_state(encode_unit_state(plain)[:-1] + ',"containers":[]}', "web.service")
     assert decoded == plain and "containers" not in decoded.to_api()
 
