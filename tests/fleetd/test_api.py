@@ -124,13 +124,16 @@ class Cluster:
     def close(self) -> None:
         for task in self.background:
             task.cancel()
-        for server in self.servers:
-            if server.is_serving():  # closing twice fails on Python 3.11
-                server.close()
+        self.run(self._close_servers())  # on the loop's thread: asyncio servers are not thread-safe
         self.run(self.etcd.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+    async def _close_servers(self) -> None:
+        for server in self.servers:
+            if server.is_serving():  # closing twice fails on Python 3.11
+                server.close()
 
     def request(
         self,
