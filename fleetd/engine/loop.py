@@ -193,7 +193,8 @@ class Engine:
         now = self.clock()
         view = await self._current_view(now)
         jobs, machines = view.jobs(), view.machines()
-        if self._settled == (id(view), view.generation) and self._recovered_at is None:
+        planned = (id(view), view.generation)  # what this round plans from; changes may land meanwhile
+        if self._settled == planned and self._recovered_at is None:
             self._see(machines, now, self.config)
             await self._collect_garbage(now, jobs)
             return EnginePlan()  # nothing changed since a round that had nothing to do
@@ -207,7 +208,7 @@ class Engine:
         if await self._perform_all(plan.tasks, units):  # else the reasons are stale too: the next round
             await self._publish_reasons({u.unit_name: u.reason for u in (*plan.unplaced, *plan.held)})
             if not plan.tasks and not plan.held and self.watches and len(units) == len(jobs):
-                self._settled = (id(view), view.generation)
+                self._settled = planned  # not the generation now: changes during the round need one
         if self.watches and self._watch_task is None:
             self._watch_task = asyncio.create_task(self._watch(view))
         await self._collect_garbage(now, jobs)
