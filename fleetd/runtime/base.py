@@ -112,3 +112,28 @@ class UnitRuntime(Protocol):
 
     async def close(self) -> None:
         """Release resources; units keep running."""
+
+
+class HeldUnit(Protocol):
+    """A unit a runtime runs from this process: its unit file and its current state."""
+
+    unit_file: UnitFile
+
+    def runtime_state(self) -> UnitRuntimeState:
+        """systemd's three states for this unit now."""
+
+
+class UnitTable:
+    """``states`` and ``units`` of a runtime that keeps its loaded units in ``_units`` (the built-in
+    supervisor and the docker runtime)."""
+
+    _units: Mapping[str, HeldUnit]
+
+    async def states(self, names: Iterable[str] | None = None) -> dict[str, UnitRuntimeState]:
+        """The state of each name in ``names`` (every loaded unit for None); ``NOT_FOUND`` if unknown."""
+        wanted = list(self._units) if names is None else list(names)
+        return {n: self._units[n].runtime_state() if n in self._units else NOT_FOUND for n in wanted}
+
+    async def units(self) -> dict[str, str]:
+        """Loaded unit name -> SHA-1 of its unit file."""
+        return {name: unit.unit_file.hash.hex for name, unit in self._units.items()}

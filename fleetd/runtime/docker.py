@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetd.files import write_atomically
-from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState, UnitStatus
+from fleetd.runtime.base import UnitRuntimeError, UnitRuntimeState, UnitStatus, UnitTable
 from fleetd.runtime.containers import (
     RECONCILE_INTERVAL,
     STOP_TIMEOUT,
@@ -355,7 +355,7 @@ class _Unit:
         return self.driver is not None and not self.driver.done()
 
 
-class DockerRuntime:
+class DockerRuntime(UnitTable):
     """The docker runtime (see the module docstring) keeping its state in ``state_dir``.
 
     ``image`` runs the units whose ExecStart= is not ``docker run``; ``engine`` defaults to the local
@@ -431,15 +431,6 @@ class DockerRuntime:
 
     async def reload_daemon(self) -> None:
         """Nothing to do: ``load`` applies unit files at once (from the unit's next start)."""
-
-    async def states(self, names: Iterable[str] | None = None) -> dict[str, UnitRuntimeState]:
-        """The state of each name in ``names`` (every loaded unit for None); ``NOT_FOUND`` if unknown."""
-        wanted = list(self._units) if names is None else list(names)
-        return {n: self._units[n].runtime_state() if n in self._units else NOT_FOUND for n in wanted}
-
-    async def units(self) -> dict[str, str]:
-        """Loaded unit name -> SHA-1 of its unit file."""
-        return {name: unit.unit_file.hash.hex for name, unit in self._units.items()}
 
     async def status(self, name: str) -> UnitStatus | None:
         """The unit's detail, with one ``containers`` line per container (or why there is none)."""

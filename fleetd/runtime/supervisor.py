@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetd.files import write_atomically
-from fleetd.runtime.base import NOT_FOUND, UnitRuntimeError, UnitRuntimeState, UnitStatus
+from fleetd.runtime.base import UnitRuntimeError, UnitRuntimeState, UnitStatus, UnitTable
 from fleetd.runtime.journal import Journal
 from fleetd.runtime.service import (
     EXIT_CHDIR,
@@ -243,7 +243,7 @@ class _Unit:
         return (self.spec.description if self.spec else "") or self.name
 
 
-class Supervisor:
+class Supervisor(UnitTable):
     """The built-in runtime over ``state_dir`` (see the module docstring for the behaviour).
 
     ``hostname``/``machine_id`` feed specifiers and journal lines; ``clock`` gives wall-clock times
@@ -378,15 +378,6 @@ class Supervisor:
     async def reload_daemon(self) -> None:
         """Nothing to do: ``load`` applies unit files at once (a running unit uses a new file from its next
         start, as after systemd's daemon-reload)."""
-
-    async def states(self, names: Iterable[str] | None = None) -> dict[str, UnitRuntimeState]:
-        """The state of each name in ``names`` (every loaded unit for None); ``NOT_FOUND`` if unknown."""
-        wanted = list(self._units) if names is None else list(names)
-        return {n: self._units[n].runtime_state() if n in self._units else NOT_FOUND for n in wanted}
-
-    async def units(self) -> dict[str, str]:
-        """Loaded unit name -> SHA-1 of its unit file."""
-        return {name: unit.unit_file.hash.hex for name, unit in self._units.items()}
 
     async def status(self, name: str) -> UnitStatus | None:
         """The detail of ``name`` for ``fleetctl status`` (None when unknown)."""
