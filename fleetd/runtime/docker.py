@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetd.files import write_atomically
-from fleetd.runtime.base import UnitRuntimeError, UnitRuntimeState, UnitStatus, UnitTable
+from fleetd.runtime.base import UnitRuntimeError, UnitStatus, UnitTable
 from fleetd.runtime.containers import (
     RECONCILE_INTERVAL,
     STOP_TIMEOUT,
@@ -99,6 +99,7 @@ from fleetd.runtime.journal import Journal
 from fleetd.runtime.service import (
     ExecCommand,
     ExitStatus,
+    LoadedService,
     ServiceResult,
     ServiceSpec,
     ServiceSpecError,
@@ -317,17 +318,9 @@ def parse_hook(argv: Sequence[str], ignore_failure: bool = False) -> Hook:
 
 
 @dataclass
-class _Unit:
+class _Unit(LoadedService):
     """Everything the runtime knows about one loaded unit."""
 
-    name: str
-    unit_file: UnitFile
-    spec: ServiceSpec | None
-    load_error: str = ""
-    active_state: str = "inactive"
-    sub_state: str = "dead"
-    since: float = 0.0
-    result: ServiceResult = ServiceResult.SUCCESS
     exit: ExitStatus | None = None
     container: Container | None = None
     driver: asyncio.Task[None] | None = None
@@ -338,17 +331,6 @@ class _Unit:
     logged_container: str = ""  # the container ``log_stamp`` belongs to
     saved_at: float = 0.0
 
-    @property
-    def load_state(self) -> str:
-        return "bad-setting" if self.load_error else "loaded"
-
-    def runtime_state(self) -> UnitRuntimeState:
-        return UnitRuntimeState(self.load_state, self.active_state, self.sub_state)
-
-    @property
-    def label(self) -> str:
-        """How messages name the unit: its Description, else its name."""
-        return (self.spec.description if self.spec else "") or self.name
 
     @property
     def busy(self) -> bool:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from fleetd.runtime.base import UnitRuntimeState
 from fleetd.unit import UnitFile, UnitNameInfo
 
 _T = TypeVar("_T")
@@ -744,3 +745,31 @@ class _Builder:
         if oneshot and restart in (RestartPolicy.ALWAYS, RestartPolicy.ON_SUCCESS):
             raise ServiceSpecError("Service has Restart= set to either always or on-success, which isn't "
                                    "allowed for Type=oneshot services. Refusing.")
+
+
+@dataclass
+class LoadedService:
+    """What an in-process runtime (the built-in supervisor, the docker runtime) keeps of every loaded
+    unit: its file, its parsed ``[Service]`` section (None with ``load_error``: ``bad-setting``), its
+    systemd states, since when it is in them and the result of its last run. Each runtime extends it."""
+
+    name: str
+    unit_file: UnitFile
+    spec: ServiceSpec | None
+    load_error: str = ""
+    active_state: str = "inactive"
+    sub_state: str = "dead"
+    since: float = 0.0
+    result: ServiceResult = ServiceResult.SUCCESS
+
+    @property
+    def load_state(self) -> str:
+        return "bad-setting" if self.load_error else "loaded"
+
+    def runtime_state(self) -> UnitRuntimeState:
+        return UnitRuntimeState(self.load_state, self.active_state, self.sub_state)
+
+    @property
+    def label(self) -> str:
+        """How messages name the unit: its Description, else its name."""
+        return (self.spec.description if self.spec else "") or self.name

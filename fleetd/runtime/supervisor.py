@@ -72,6 +72,7 @@ from fleetd.runtime.service import (
     ExecCommand,
     ExitStatus,
     KillMode,
+    LoadedService,
     NotifyAccess,
     ServiceResult,
     ServiceSpec,
@@ -200,17 +201,9 @@ class _SpawnError(Exception):
 
 
 @dataclass
-class _Unit:
+class _Unit(LoadedService):
     """Everything the supervisor knows about one loaded unit."""
 
-    name: str
-    unit_file: UnitFile
-    spec: ServiceSpec | None
-    load_error: str = ""
-    active_state: str = "inactive"
-    sub_state: str = "dead"
-    since: float = 0.0
-    result: ServiceResult = ServiceResult.SUCCESS
     main_pid: int | None = None
     main_start: int = 0
     main_exit: ExitStatus | None = None
@@ -230,17 +223,6 @@ class _Unit:
     watch_fds: list[int] = field(default_factory=list)
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def load_state(self) -> str:
-        return "bad-setting" if self.load_error else "loaded"
-
-    def runtime_state(self) -> UnitRuntimeState:
-        return UnitRuntimeState(self.load_state, self.active_state, self.sub_state)
-
-    @property
-    def label(self) -> str:
-        """How messages name the unit: its Description, else its name."""
-        return (self.spec.description if self.spec else "") or self.name
 
 
 class Supervisor(UnitTable):

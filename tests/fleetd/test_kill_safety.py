@@ -24,10 +24,11 @@ def bystander() -> Iterator[int]:
     """A process of its own session that no unit started (as dockerd is to fleetd)."""
     process = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
-        # Start times have clock-tick resolution: let a tick pass, so that a process started after
-        # this one (a unit's) never shares its start time.
+        # Start times have clock-tick resolution: let two ticks pass (the uptime and the start time
+        # are truncated separately), so that a process started after this one (a unit's) never
+        # shares its start time.
         deadline = time.monotonic() + 5
-        while _ticks_since_boot() <= start_time(process.pid) and time.monotonic() < deadline:
+        while _ticks_since_boot() < start_time(process.pid) + 2 and time.monotonic() < deadline:
             time.sleep(0.005)
         yield process.pid
     finally:
