@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -17,7 +17,6 @@ from fleetd.machine import MachineState
 from fleetd.registry.layout import Layout
 from fleetd.registry.registry import CatchUp, Registry, catch_up_backlog
 from fleetd.unit import UnitFile
-from tests import harness
 
 SCHEDULE, UNSCHEDULE = EngineTaskKind.SCHEDULE, EngineTaskKind.UNSCHEDULE
 PLAIN = UnitFile.from_text("[Service]\nExecStart=/bin/true\n")
@@ -77,14 +76,6 @@ def test_catch_up_reads_once_far_enough_behind_and_at_most_once_per_interval() -
     assert asyncio.run(main()) == [False, True, True]
     assert catch_up_backlog(10) == 100 and catch_up_backlog(4000) == 1000
 
-
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = harness.reference_etcd(tmp_path_factory.mktemp("engine-loop")).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:

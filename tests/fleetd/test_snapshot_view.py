@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -29,7 +28,6 @@ from fleetd.registry.layout import (
 from fleetd.registry.registry import Registry
 from fleetd.registry.view import JOBS, MACHINES, SECTIONS, UNPLACED, RegistryView
 from fleetd.unit import UnitFile
-from tests import harness
 
 UNITS = ("a.service", "b.service", "g.service")
 FILES = (UnitFile.from_text("[Service]\nExecStart=/bin/true\n"),
@@ -37,14 +35,6 @@ FILES = (UnitFile.from_text("[Service]\nExecStart=/bin/true\n"),
 MACHINE_IDS = ("1" * 32, "2" * 32)
 _prefixes = itertools.count()
 
-
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = harness.reference_etcd(tmp_path_factory.mktemp("view")).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ its loops outlive unexpected errors: an agent on the reference etcd with an in-m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import pytest
@@ -20,7 +20,6 @@ from fleetd.registry.layout import JobRecord, Layout
 from fleetd.registry.registry import JobEvent, Registry
 from fleetd.runtime.base import NOT_FOUND, UnitRuntimeState, UnitStatus
 from fleetd.unit import UnitFile
-from tests import harness
 
 T = TypeVar("T")
 ME = MachineState("a" * 32, "127.0.0.1")
@@ -85,14 +84,6 @@ class MemoryRuntime:
     async def close(self) -> None:
         return None
 
-
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = harness.reference_etcd(tmp_path_factory.mktemp("watch-races")).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 Body = Callable[[Agent, Registry, 'MemoryRuntime'], Awaitable[T]]
