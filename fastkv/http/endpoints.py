@@ -159,6 +159,7 @@ def refresh_metrics(node: Any) -> None:
     """Bring the mirrored metrics up to date from the node and the store's own statistics."""
     metrics.has_leader.set(1 if node.leader_id else 0)
     metrics.is_leader.set(1 if node.state == "StateLeader" else 0)
+    metrics.proposals_committed.set_total(node.commit_index)
     watchers = node.hub.count
     metrics.store_watchers.set(watchers)
     stats = json.loads(node.store.stats_body(watchers))

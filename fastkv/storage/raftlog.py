@@ -16,8 +16,11 @@ data is stored unchanged, so the mapping back only needs ``type == ENTRY_CONF``.
 
 from __future__ import annotations
 
+import time
+
 import msgpack  # type: ignore[import-untyped]
 
+from fastkv import metrics
 from fastkv._native.logstore import ENTRY_CONF, ENTRY_EMPTY, ENTRY_NORMAL, ENTRY_SYNC, LogStore
 from fastkv._native.raft import (
     CompactedError,
@@ -159,7 +162,9 @@ class RaftStorage:
             self._snapshot = snap
             self.syncs += 1
         if rd.entries or (hard is not None and rd.must_sync):
+            started = time.perf_counter()
             self.log.append([to_log(e) for e in rd.entries], hard)
+            metrics.wal_fsync_seconds.observe(time.perf_counter() - started)
             self.syncs += 1
 
     def save_hard_state(self, hs: HardState) -> None:
