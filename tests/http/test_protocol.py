@@ -48,6 +48,7 @@ class FakeNode:
     store: Store = field(default_factory=Store)
     raft_index: int = 3
     raft_term: int = 2
+    commit_index: int = 3
     cluster_id: int = CLUSTER_ID
     member_id: int = MEMBER_ID
     name: str = "a"
@@ -135,6 +136,9 @@ class FakeTransport:
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 @dataclass
