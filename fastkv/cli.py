@@ -44,7 +44,10 @@ from fastkv.flags import (
 from fastkv.settings import Settings
 
 DEFAULT_CLIENT_URLS = ",".join(Settings.listen_client_urls)
+DEFAULT_ADVERTISE_CLIENT_URLS = ",".join(Settings.advertise_client_urls)
 DEFAULT_PEER_URLS = ",".join(Settings.listen_peer_urls)
+DEFAULT_ADVERTISE_PEER_URLS = ",".join(Settings.initial_advertise_peer_urls)
+DEFAULT_INITIAL_CLUSTER = ",".join(f"{name}={url}" for name, urls in Settings.initial_cluster for url in urls)
 URL_SCHEMES = ("http", "https", "unix", "unixs")
 
 
@@ -225,13 +228,13 @@ GROUPS: tuple[tuple[str, tuple[Flag, ...]], ...] = (
         (
             _f(
                 "initial-advertise-peer-urls",
-                default=DEFAULT_PEER_URLS,
+                default=DEFAULT_ADVERTISE_PEER_URLS,
                 usage="List of this member's peer URLs to advertise to the rest of the cluster.",
                 validate=urls_problem,
             ),
             _f(
                 "initial-cluster",
-                default="default=" + DEFAULT_PEER_URLS,
+                default=DEFAULT_INITIAL_CLUSTER,
                 usage="Initial cluster configuration for bootstrapping.",
             ),
             _f(
@@ -249,7 +252,7 @@ GROUPS: tuple[tuple[str, tuple[Flag, ...]], ...] = (
             ),
             _f(
                 "advertise-client-urls",
-                default=DEFAULT_CLIENT_URLS,
+                default=DEFAULT_ADVERTISE_CLIENT_URLS,
                 usage="List of this member's client URLs to advertise to the public.\n"
                 "The client URLs advertised should be accessible to machines that talk to etcd cluster. "
                 "etcd client libraries parse these URLs to connect to the cluster.",

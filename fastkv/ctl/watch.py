@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastkv.ctl.client import Client, CtlError, Response, ServerError, canonical_key_path
@@ -31,12 +34,32 @@ def events(ctx: Context, client: Client, key: str, recursive: bool, after: int) 
         yield resp
 
 
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT raises ``KeyboardInterrupt`` inside the block, even when the process started with
+    SIGINT ignored (a background job of a script, ``nohup``), as it stops etcdctl's watches.
+
+    Only the main thread can set a signal handler; elsewhere the handler is left as it is.
+    The previous handler is restored on leaving.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def until_interrupted(run: Callable[[Context], int]) -> Callable[[Context], int]:
-    """Ctrl+C ends a watch quietly with exit 0, as etcdctl does."""
+    """SIGINT (Ctrl+C) ends a watch quietly with exit 0, as etcdctl does, however SIGINT was
+    disposed of when the process started."""
 
     def wrapped(ctx: Context) -> int:
         try:
-            return run(ctx)
+            with interruptible():
+                return run(ctx)
         except KeyboardInterrupt:
             return EXIT_SUCCESS
 

@@ -270,6 +270,7 @@ class TcpTransport:
         """Listen on every listen URL and dial every peer."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
         for host, port in self.listen_urls:
+            host = "127.0.0.1" if host == "localhost" else host  # as etcd listens for localhost
             self._servers.append(await loop.create_server(lambda: _Connection(self, None), host, port))
         self._running = True
         for peer in self._peers.values():

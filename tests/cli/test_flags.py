@@ -12,6 +12,7 @@ import pytest
 
 from fastkv import cli
 from fastkv.flags import Flag, FlagError, FlagSet, HelpRequested, from_env
+from fastkv.identity import cluster_id, hex_id, member_id
 from fastkv.settings import Settings
 from tests.cli import env_with_repo
 from tests.harness import REFERENCE_ETCD, free_port
@@ -77,11 +78,20 @@ def settings(argv: list[str], environ: dict[str, str] | None = None) -> Settings
     return cli.settings_from(argv, environ or {}, cli.Log(io.StringIO()), io.StringIO())
 
 
-def test_defaults_serve_the_legacy_and_current_client_ports() -> None:
+def test_defaults_are_etcds_urls_plus_the_legacy_client_port() -> None:
     s = settings([])
-    assert s.listen_client_urls == ("http://127.0.0.1:2379", "http://127.0.0.1:4001")
+    assert s.listen_client_urls == ("http://localhost:2379", "http://localhost:4001")
+    assert s.advertise_client_urls == ("http://localhost:2379",)
+    assert s.listen_peer_urls == s.initial_advertise_peer_urls == ("http://localhost:2380",)
+    assert s.initial_cluster == (("default", ("http://localhost:2380",)),)
     assert s.data_dir == "default.fastkv"
-    assert s.initial_cluster == (("default", ("http://127.0.0.1:2380",)),)
+
+
+def test_a_default_member_has_etcds_member_id() -> None:
+    s = settings([])
+    ident = member_id(list(s.initial_advertise_peer_urls), s.initial_cluster_token)
+    assert hex_id(ident) == "8e9e05c52164694d"
+    assert hex_id(cluster_id([ident])) == "cdf818194e3a8c32"
 
 
 def test_flags_and_environment_map_to_settings(tmp_path: Path) -> None:
