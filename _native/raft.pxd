@@ -111,8 +111,13 @@ cdef class RaftLog:
     cdef list _unstable
     cdef u64 _offset
     cdef Snapshot _pending_snapshot
-    # Invariant: applied <= committed <= last_index().
+    # Handed out in a Ready, not yet advanced: unstable entries up to _saving_to (being saved),
+    # the pending snapshot when _snapshot_saving, committed entries up to applying.
+    cdef u64 _saving_to
+    cdef bint _snapshot_saving
+    # Invariant: applied <= applying <= committed <= last_index().
     cdef readonly u64 committed
+    cdef readonly u64 applying
     cdef readonly u64 applied
 
     cdef u64 first_index(self)
@@ -130,6 +135,8 @@ cdef class RaftLog:
     cdef list slice(self, u64 lo, u64 hi, u64 max_size)
     cdef list next_committed_entries(self)
     cdef bint has_next_committed_entries(self)
+    cdef bint has_unsaved(self)
+    cdef list take_unsaved(self)
     cdef int restore(self, Snapshot snap) except -1
     cdef int stable_to(self, u64 index, u64 term) except -1
     cdef int stable_snap_to(self, u64 index) except -1
@@ -273,4 +280,3 @@ cdef class RawNode:
     cdef readonly object storage
     cdef SoftState prev_soft
     cdef HardState prev_hard
-    cdef bint outstanding

@@ -397,8 +397,10 @@ cdef class RaftLog:
         self._unstable = []
         self._offset = storage.last_index() + 1
         self._pending_snapshot = None
+        self._saving_to = self._offset - 1
+        self._snapshot_saving = False
         self.committed = storage.first_index() - 1
-        self.applied = storage.first_index() - 1
+        self.applying = self.applied = storage.first_index() - 1
 
     cdef u64 first_index(self):
         if self._pending_snapshot is not None:
@@ -461,6 +463,8 @@ cdef class RaftLog:
             self._unstable = list(ents)
         else:
             self._unstable = self._unstable[:after - self._offset] + ents
+        if after <= self._saving_to:
+            self._saving_to = after - 1  # the replacements go out in the next Ready
         return self.last_index()
 
     cdef bint maybe_append(self, u64 index, u64 log_term, u64 committed, list ents,
@@ -498,6 +502,8 @@ cdef class RaftLog:
         if i > self.committed or i < self.applied:
             raise AssertionError(f"applied {i} outside [{self.applied}, {self.committed}]")
         self.applied = i
+        if self.applying < i:
+            self.applying = i
         return 0
 
     cdef list slice(self, u64 lo, u64 hi, u64 max_size):
@@ -519,20 +525,39 @@ cdef class RaftLog:
         return limit_size(ents, max_size)
 
     cdef list next_committed_entries(self):
-        """Committed entries not yet applied, in log order."""
-        cdef u64 lo = max(self.applied + 1, self.first_index())
+        """Committed entries not yet handed out for applying, in log order; from now on they
+        are being applied."""
+        cdef u64 lo = max(self.applying + 1, self.first_index())
+        cdef list ents
         if self.committed + 1 > lo:
-            return self.slice(lo, self.committed + 1, NO_LIMIT)
+            ents = self.slice(lo, self.committed + 1, NO_LIMIT)
+            self.applying = self.committed
+            return ents
         return []
 
     cdef bint has_next_committed_entries(self):
-        return self.committed + 1 > max(self.applied + 1, self.first_index())
+        return self.committed + 1 > max(self.applying + 1, self.first_index())
+
+    cdef bint has_unsaved(self):
+        """Unstable entries or a snapshot that no Ready has handed out yet."""
+        return (self._saving_to + 1 < self._offset + len(self._unstable)
+                or (self._pending_snapshot is not None and not self._snapshot_saving))
+
+    cdef list take_unsaved(self):
+        """The unstable entries no Ready has handed out yet; from now on they are being saved."""
+        cdef list ents = self._unstable[self._saving_to + 1 - self._offset:]
+        self._saving_to = self._offset + len(self._unstable) - 1
+        return ents
 
     cdef int restore(self, Snapshot snap) except -1:
         self.committed = snap.index
         self._pending_snapshot = snap
+        self._snapshot_saving = False
         self._unstable = []
         self._offset = snap.index + 1
+        self._saving_to = snap.index
+        if self.applying < snap.index:
+            self.applying = snap.index  # the snapshot itself brings the state up to it
         return 0
 
     cdef int stable_to(self, u64 index, u64 term) except -1:
@@ -543,11 +568,14 @@ cdef class RaftLog:
             return 0  # replaced since the Ready was made; the newer entries are still unstable
         del self._unstable[:index + 1 - self._offset]
         self._offset = index + 1
+        if self._saving_to < index:
+            self._saving_to = index
         return 0
 
     cdef int stable_snap_to(self, u64 index) except -1:
         if self._pending_snapshot is not None and self._pending_snapshot.index == index:
             self._pending_snapshot = None
+            self._snapshot_saving = False
         return 0
 
     def entries_from(self, u64 lo):
@@ -1495,7 +1523,6 @@ cdef class RawNode:
         self.storage = storage
         self.prev_soft = SoftState(self.raft.lead, self.raft.state)
         self.prev_hard = storage.hard_state()
-        self.outstanding = False
 
     # --- input ---------------------------------------------------------------------------
 
@@ -1547,10 +1574,9 @@ cdef class RawNode:
     # --- output --------------------------------------------------------------------------
 
     def has_ready(self):
+        """Whether ``ready()`` has new work (beyond what earlier Readies handed out)."""
         cdef Raft r = self.raft
-        if self.outstanding:
-            return False
-        if r.msgs or r.read_states or r.log._unstable or r.log._pending_snapshot is not None:
+        if r.msgs or r.read_states or r.log.has_unsaved():
             return True
         if r.log.has_next_committed_entries():
             return True
@@ -1560,25 +1586,35 @@ cdef class RawNode:
         return r.term != hs.term or r.vote != hs.vote or r.log.committed != hs.commit
 
     def ready(self):
-        """The pending work (see ``Ready``). Call ``advance`` before asking again."""
+        """The new work (see ``Ready``): what earlier Readies did not hand out.
+
+        Readies may be pipelined: ``ready()`` may be called again before ``advance`` of the
+        previous one, provided the application persists Readies in the order it got them,
+        sends a Ready's messages only once every earlier Ready is persisted (and, except a
+        leader's appends, once this one is), applies committed entries in order, each only once
+        its own Ready is persisted, and advances Readies in order."""
         cdef Raft r = self.raft
-        if self.outstanding:
-            raise RuntimeError("advance() the previous Ready first")
+        cdef RaftLog log = r.log
         cdef Ready rd = Ready()
         soft = SoftState(r.lead, r.state)
         rd.soft_state = None if soft == self.prev_soft else soft
-        hard = HardState(r.term, r.vote, r.log.committed)
+        hard = HardState(r.term, r.vote, log.committed)
         rd.hard_state = None if hard == self.prev_hard else hard
-        rd.entries = list(r.log._unstable)
-        rd.snapshot = r.log._pending_snapshot
-        rd.committed_entries = r.log.next_committed_entries()
+        rd.entries = log.take_unsaved()
+        if log._pending_snapshot is not None and not log._snapshot_saving:
+            rd.snapshot = log._pending_snapshot
+            log._snapshot_saving = True
+        rd.committed_entries = log.next_committed_entries()
         rd.messages = r.msgs
         rd.read_states = r.read_states
         rd.must_sync = bool(rd.entries) or (rd.hard_state is not None and (
             hard.term != self.prev_hard.term or hard.vote != self.prev_hard.vote))
         r.msgs = []
         r.read_states = []
-        self.outstanding = True
+        if rd.soft_state is not None:
+            self.prev_soft = rd.soft_state
+        if rd.hard_state is not None:
+            self.prev_hard = rd.hard_state
         return rd
 
     def advance(self, Ready rd):
@@ -1586,11 +1622,6 @@ cdef class RawNode:
         entries applied. Committed configuration changes take effect here."""
         cdef Raft r = self.raft
         cdef Entry e
-        self.outstanding = False
-        if rd.soft_state is not None:
-            self.prev_soft = rd.soft_state
-        if rd.hard_state is not None:
-            self.prev_hard = rd.hard_state
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.index)
             if rd.snapshot.index > r.log.applied:

@@ -48,6 +48,8 @@ from fastkv.raft import (
     EntryNormal,
     MemoryStorage,
     Message,
+    MsgApp,
+    MsgHeartbeat,
     ProposalDropped,
     RawNode,
     Ready,
@@ -75,6 +77,10 @@ class SimMember:
     results: dict[int, object] = field(default_factory=dict)  # op id -> result (dedupes retries)
     applied: int = 0
     waiting_reads: list[tuple[int, Op]] = field(default_factory=list)
+    # Pipelined Readies taken from the node, oldest first, not saved yet; with each, the
+    # messages it already sent (a leader's appends leave before its sync when nothing older is
+    # in flight).
+    in_flight: list[tuple[Ready, list[Message]]] = field(default_factory=list)
 
     @property
     def raw(self) -> RawNode:
@@ -120,10 +126,11 @@ class Simulation:
     """One seeded schedule of ``steps`` random actions on a cluster of 3 to 5 members at first, 1 to
     ``MAX_VOTERS`` voters later."""
 
-    def __init__(self, seed: int, steps: int = 400, trace: bool = False) -> None:
+    def __init__(self, seed: int, steps: int = 400, trace: bool = False, pipeline: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.steps = steps
+        self.pipeline = pipeline  # members take new Readies while older ones are not saved yet
         self.trace: list[str] | None = [] if trace else None
         self.bootstrap = tuple(range(1, self.rng.choice((3, 3, 4, 5)) + 1))
         self.members = {i: SimMember(i, MemoryStorage()) for i in self.bootstrap}
@@ -168,6 +175,7 @@ class Simulation:
         restore_data(member, snap.data)
         member.applied = snap.index
         member.waiting_reads = []
+        member.in_flight = []
         self.check_config(member)
 
     def live(self) -> list[SimMember]:
@@ -195,14 +203,41 @@ class Simulation:
 
     # --- the Ready loop ------------------------------------------------------------------------
 
+    def busy(self, member: SimMember) -> bool:
+        """The member has a Ready to take or one in flight."""
+        return bool(member.in_flight) or member.raw.has_ready()
+
+    def take_ready(self, member: SimMember) -> None:
+        """Pipelining: take a Ready without saving it yet. A leader's appends and heartbeats
+        leave at once when no older Ready is in flight (as the server sends them before its
+        sync); the rest waits for the save."""
+        rd = member.raw.ready()
+        early: list[Message] = []
+        if not member.in_flight and rd.entries:
+            early = [m for m in rd.messages if m.type in (MsgApp, MsgHeartbeat)]
+            self.network.extend(early)
+        member.in_flight.append((rd, early))
+        self.log(f"{member.id} takes a Ready ({len(member.in_flight)} in flight)")
+
     def handle_ready(self, member: SimMember, send: bool = True) -> None:
+        """Save the oldest Ready in flight (else a new one), then send, apply and advance it
+        (unless ``send`` is false: the member crashes right after the save)."""
         node = member.node
         assert node is not None
-        rd = node.ready()
+        if member.in_flight:
+            rd, early = member.in_flight.pop(0)
+        else:
+            rd, early = node.ready(), []
         self.save(member, rd)
         if not send:
             return
-        self.network.extend(rd.messages)
+        if member.in_flight and not early and member.in_flight[0][0].entries:
+            # The next Ready's appends may leave now: everything older is saved.
+            nxt, _ = member.in_flight[0]
+            sent = [m for m in nxt.messages if m.type in (MsgApp, MsgHeartbeat)]
+            self.network.extend(sent)
+            member.in_flight[0] = (nxt, sent)
+        self.network.extend(m for m in rd.messages if not any(m is e for e in early))
         if rd.snapshot is not None:
             restore_data(member, rd.snapshot.data)
             member.applied = rd.snapshot.index
@@ -402,13 +437,14 @@ class Simulation:
     def crash(self, member: SimMember) -> None:
         node = member.node
         assert node is not None
-        if node.has_ready() and self.rng.random() < 0.5:
+        if self.busy(member) and self.rng.random() < 0.5:
             self.handle_ready(member, send=False)  # saved, then crashed before sending
             self.log(f"crash {member.id} after saving a Ready")
         else:
             self.log(f"crash {member.id}")
-        member.node = None
+        member.node = None  # the Readies still in flight were never saved: lost
         member.waiting_reads = []
+        member.in_flight = []
 
     def partition(self) -> None:
         ids = list(self.members)
@@ -513,9 +549,13 @@ class Simulation:
             if self.network:
                 self.deliver()
         elif roll < 0.85:
-            ready = [m for m in live if m.raw.has_ready()]
+            ready = [m for m in live if self.busy(m)]
             if ready:
-                self.handle_ready(rng.choice(ready))
+                member = rng.choice(ready)
+                if self.pipeline and member.raw.has_ready() and rng.random() < 0.4:
+                    self.take_ready(member)
+                else:
+                    self.handle_ready(member)
         elif roll < 0.935:
             client = rng.randrange(len(self.clients))
             if self.clients[client] is None:
@@ -568,7 +608,7 @@ class Simulation:
 
     def drain_readies(self) -> None:
         for member in self.members.values():
-            while member.raw.has_ready():
+            while self.busy(member):
                 self.handle_ready(member)
                 self.check()
 
@@ -600,8 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--trace", action="store_true", help="print every action")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="members take new Readies before the older ones are saved")
     opts = parser.parse_args(argv)
-    sim = Simulation(opts.seed, opts.steps, trace=opts.trace)
+    sim = Simulation(opts.seed, opts.steps, trace=opts.trace, pipeline=opts.pipeline)
     try:
         sim.run()
     except SafetyViolation as e:

@@ -31,6 +31,7 @@ import logging
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,16 @@ _STOPPED = "etcdserver: server stopped"
 REMOVED_NOTICE = "removed"  # a peer message (not Raft): "you were removed from the cluster"
 HEALTH_INTERVAL_S = 5.0  # etcd's: a reconfiguration needs links to the voters up for this long
 _EARLY = frozenset((MsgApp, MsgHeartbeat))  # a leader's messages that may leave before its sync
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A Ready taken from the core: ``early`` when its appends and heartbeats were sent before
+    its save; ``saved`` once it is durable (or needs no save)."""
+
+    rd: Ready
+    early: bool
+    saved: bool
 
 
 class ProposalTimeout(Exception):
@@ -159,9 +170,13 @@ class Node:
         self._sync_proposed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False  # a pass of the Raft loop is scheduled (call_soon)
-        self._saving: Ready | None = None  # the Ready whose save runs in the log thread
-        self._saving_early = False  # its appends and heartbeats were sent before the save
-        self._drained: asyncio.Future[None] | None = None  # stop() waits for the save in flight
+        # Readies taken from the core and not finished yet, oldest first (pipelined: the next
+        # fills while the log thread saves). ``_to_save``: those the log thread has not taken.
+        self._in_flight: deque[_Flight] = deque()
+        self._to_save: list[Ready] = []
+        self._save_queued = False  # a log-thread job will take ``_to_save``
+        self._save_failed = False  # a save failed: the jobs queued after it save nothing
+        self._drained: asyncio.Future[None] | None = None  # stop() waits for the Readies in flight
         # True when the front end is quiet (no request but the one at hand since the last call):
         # then a small Ready is saved on the loop itself, sparing two thread hand-offs.
         self.quiet_hint: Callable[[], bool] | None = None
@@ -344,7 +359,7 @@ class Node:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._halt = True
-        if self._saving is not None:
+        if self._in_flight:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
         if self._snapshot_task is not None:
@@ -392,32 +407,54 @@ class Node:
             self._loop.call_soon(self._process)
 
     def _process(self) -> None:
-        """Handle Readies until the core has none, or one is being saved (its completion,
-        ``_saved``, goes on from there: what arrived meanwhile forms the next Ready)."""
+        """Take the core's new Readies. Each one to save goes to the log thread, which saves
+        every Ready queued when it gets to them with one sync, while the next Readies fill
+        (pipelined, as ``RawNode.ready`` allows); ``_saved`` finishes them in order. A small
+        Ready of a quiet member with nothing in flight is saved right here."""
         self._scheduled = False
         if self._halt:
             return
         self._repropose_held()
-        self._flush_proposals()  # also while a save runs: they join the next Ready
-        if self._saving is not None:
-            return
+        self._flush_proposals()
         while self.raw.has_ready():
             rd = self.raw.ready()
+            in_flight = self._in_flight
             if self.storage.needs_save(rd):
-                early = self._send_early(rd)
-                if early or not self._small_and_quiet(rd):  # the transport flushes while it syncs
-                    assert self._log_thread is not None
-                    self._saving, self._saving_early = rd, early
-                    self._log_thread.submit(self.storage.save, rd, self._saved)
-                    return
-                try:
-                    self.storage.save(rd)
-                except Exception as exc:
-                    self._persist_failed(rd, exc)
-                    return
-                self._finish_ready(rd, early)
+                early = not in_flight and self._send_early(rd)
+                if not in_flight and not early and self._small_and_quiet(rd):
+                    try:
+                        self.storage.save(rd)
+                    except Exception as exc:
+                        self._persist_failed(exc)
+                        return
+                    self._finish_ready(rd, False)
+                    continue
+                in_flight.append(_Flight(rd, early, False))
+                self._queue_save(rd)
+            elif in_flight:
+                in_flight.append(_Flight(rd, False, True))  # finished after those before it
             else:
                 self._finish_ready(rd, False)
+
+    def _queue_save(self, rd: Ready) -> None:
+        self._to_save.append(rd)
+        if not self._save_queued:
+            self._save_queued = True
+            assert self._log_thread is not None
+            self._log_thread.submit(self._save_queued_readies, None, self._saved)
+
+    def _save_queued_readies(self, _: object) -> int:
+        """On the log thread: save every Ready queued so far, with one sync; how many."""
+        self._save_queued = False  # first: a Ready queued from now on gets a job of its own
+        if self._save_failed:
+            return 0
+        readies, self._to_save = self._to_save, []
+        try:
+            self.storage.save_many(readies)
+        except BaseException:
+            self._save_failed = True
+            raise
+        return len(readies)
 
     def _send_early(self, rd: Ready) -> bool:
         """A leader's appends and heartbeats leave before its own sync, so that the followers'
@@ -441,21 +478,35 @@ class Node:
         return (hint is not None and len(rd.entries) <= 1 and rd.snapshot is None
                 and log_thread is not None and log_thread.pending == 0 and hint())
 
-    def _saved(self, _result: object, error: BaseException | None) -> None:
-        """The log thread persisted ``self._saving`` (or failed to): finish it, go on."""
-        rd, self._saving = self._saving, None
-        assert rd is not None
+    def _saved(self, count: int | None, error: BaseException | None) -> None:
+        """The log thread saved the next ``count`` Readies in flight (or failed to): finish
+        every Ready in flight that is saved and has no unsaved one before it; go on."""
         if error is not None:
             if not isinstance(error, Exception):
                 raise error
-            self._persist_failed(rd, error)
-        else:
-            self._finish_ready(rd, self._saving_early)
+            self._persist_failed(error)
+        elif count:
+            for flight in self._in_flight:
+                if not flight.saved:
+                    flight.saved = True
+                    count -= 1
+                    if not count:
+                        break
+            self._finish_saved()
         if self._halt:
-            if self._drained is not None:
+            if self._drained is not None and not self._in_flight:
                 _settle(self._drained, None)
             return
         self._process()
+
+    def _finish_saved(self) -> None:
+        in_flight = self._in_flight
+        while in_flight and in_flight[0].saved:
+            flight = in_flight.popleft()
+            self._finish_ready(flight.rd, flight.early)
+            if in_flight and not in_flight[0].saved and not in_flight[0].early:
+                # Everything before it is on disk now: its appends may leave before its sync.
+                in_flight[0].early = self._send_early(in_flight[0].rd)
 
     def _finish_ready(self, rd: Ready, sent_early: bool) -> None:
         """Steps 2-4 of the Ready contract, once ``rd`` is persisted (``sent_early``: its
@@ -466,10 +517,13 @@ class Node:
         self._maybe_snapshot()
         self._repropose_held()
 
-    def _persist_failed(self, rd: Ready, error: BaseException) -> None:
+    def _persist_failed(self, error: BaseException) -> None:
         """The log could not be written: fail every waiting proposal and rebuild the core from
-        what is durable (the unsaved entries are forgotten)."""
+        what is durable (the unsaved entries, those of every Ready in flight, are forgotten)."""
         log.error("log append failed: %s", error)
+        self._in_flight.clear()
+        self._to_save = []
+        self._save_failed = False
         failure = V2Error(300, str(error), 0)
         for future, _ in self._waiters.values():
             _settle(future, failure)

@@ -153,17 +153,37 @@ class RaftStorage:
     def save(self, rd: Ready) -> None:
         """Persist ``rd``: snapshot first, then entries + hard state in one sync.
         A hard state whose only change is the commit index rides along with the next write."""
-        hs = rd.hard_state
-        hard = (hs.term, hs.vote, hs.commit) if hs is not None else None
-        if rd.snapshot is not None:
-            snap = rd.snapshot
-            self.save_snapshot_file(snap)
-            self.log.reset(snap.index, snap.term, hard)
-            self._snapshot = snap
-            self.syncs += 1
-        if rd.entries or (hard is not None and rd.must_sync):
+        self.save_many([rd])
+
+    def save_many(self, readies: list[Ready]) -> None:
+        """Persist ``readies``, taken from the core in this order, as ``save`` would one by one
+        but with one sync for all their entries and the newest hard state; only a snapshot, or
+        entries that rewrite earlier ones, start another write."""
+        entries: list[LogTuple] = []
+        hard: tuple[int, int, int] | None = None
+        must_sync = False
+        for rd in readies:
+            rewrites = entries and rd.entries and rd.entries[0].index != entries[-1][0] + 1
+            if rd.snapshot is not None or rewrites:
+                self._write(entries, hard, must_sync)
+                entries, hard, must_sync = [], None, False
+            hs = rd.hard_state
+            if hs is not None:
+                hard = (hs.term, hs.vote, hs.commit)
+            if rd.snapshot is not None:
+                snap = rd.snapshot
+                self.save_snapshot_file(snap)
+                self.log.reset(snap.index, snap.term, hard)
+                self._snapshot = snap
+                self.syncs += 1
+            entries.extend(to_log(e) for e in rd.entries)
+            must_sync = must_sync or rd.must_sync
+        self._write(entries, hard, must_sync)
+
+    def _write(self, entries: list[LogTuple], hard: tuple[int, int, int] | None, must_sync: bool) -> None:
+        if entries or (hard is not None and must_sync):
             started = time.perf_counter()
-            self.log.append([to_log(e) for e in rd.entries], hard)
+            self.log.append(entries, hard)
             metrics.wal_fsync_seconds.observe(time.perf_counter() - started)
             self.syncs += 1
 

@@ -328,3 +328,45 @@ def test_messages_survive_a_msgpack_round_trip() -> None:
     assert Message.from_wire(wire).describe() == m.describe()
     assert m.describe() == ('1->2 MsgApp Term:3 Log:2/5 Commit:4 Context:"c" Entries:[3/6 EntryNormal "x"] '
                             'Snapshot: Index:4 Term:2 Voters:(1,2,3)')
+
+
+def test_pipelined_readies_hand_out_each_entry_once_and_advance_in_order() -> None:
+    """Readies may be taken before the previous one is advanced (the server saves one while
+    the next fills): each entry is handed out to save once, each committed entry once to apply,
+    and advancing them in order leaves nothing behind."""
+    n = RawNode(Config(1, (1,), rng=random.Random(1)), MemoryStorage())
+    n.campaign()
+    first = n.ready()
+    n.propose(b"a")
+    second = n.ready()
+    n.propose_many([b"b", b"c"])
+    third = n.ready()
+    assert not n.has_ready()
+    saved = [e.data for rd in (first, second, third) for e in rd.entries]
+    assert saved == [b"", b"a", b"b", b"c"]  # the leader's empty entry, then the proposals
+    applied = [e.data for rd in (first, second, third) for e in rd.committed_entries]
+    assert applied == saved  # a lone voter commits what it appends, each entry once
+    for rd in (first, second, third):
+        n.storage.save(rd)
+        n.advance(rd)
+    assert not n.has_ready()
+    assert n.status().applied == n.status().commit == 4
+
+
+def test_a_replaced_entry_in_flight_is_handed_out_again() -> None:
+    """A follower whose entries in flight are replaced by a new leader's hands out the
+    replacements in its next Ready, and advancing the stale Ready does not mark them stable."""
+    f = lone(2)
+    f.step(Message(MsgApp, frm=1, to=2, term=1, index=0, log_term=0, commit=0,
+                   entries=[Entry(1, 1, data=b"old1"), Entry(1, 2, data=b"old2")]))
+    stale = f.ready()
+    assert [e.data for e in stale.entries] == [b"old1", b"old2"]
+    f.step(Message(MsgApp, frm=3, to=2, term=2, index=1, log_term=1, commit=0,
+                   entries=[Entry(2, 2, data=b"new2")]))
+    fresh = f.ready()
+    assert [(e.index, e.data) for e in fresh.entries] == [(2, b"new2")]
+    for rd in (stale, fresh):
+        f.storage.save(rd)
+        f.advance(rd)
+    assert [e.data for e in f.storage.entries(1, 3, 1 << 20)] == [b"old1", b"new2"]
+    assert not f.has_ready() or not f.ready().entries
