@@ -298,7 +298,7 @@ def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | objec
     nothing more (the watcher is never registered).
     """
     node = app.node
-    watcher = Watcher(r.path, r.recursive, r.stream, r.wait_index, conn.transport, conn.watch_done)
+    watcher = Watcher(r.path, r.recursive, r.stream, r.wait_index, conn, conn.watch_done)
     start_index = node.store.index
     event = node.hub.watch(watcher, start_index)  # may raise V2Error(401): answered normally
     conn.start_chunked(200, event_headers(app, start_index))
@@ -306,9 +306,9 @@ def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | objec
         conn.watching(watcher)
         return WATCHING
     body = event.body
-    conn.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+    conn.out(b"%x\r\n%b\r\n" % (len(body), body))
     if r.stream:
         conn.watching(None)  # never ends: etcd's behaviour for a stream answered from history
         return WATCHING
-    conn.transport.write(b"0\r\n\r\n")
+    conn.out(b"0\r\n\r\n")
     return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections import deque
 from functools import partial
@@ -39,6 +40,7 @@ from fastkv.http.responses import (
     http_date,
     status_line,
 )
+from fastkv.http.writer import AnswerWriter
 
 __all__ = ["MAX_BODY_BYTES", "MAX_HEADER_BYTES", "REQUEST_TIMEOUT", "ConnectionSet", "HttpProtocol",
            "Request"]
@@ -236,6 +238,7 @@ class ConnectionSet:
         self._timer: asyncio.TimerHandle | None = None
         self.reads = 0  # reads from clients so far, on every connection
         self._reads_seen = 0
+        self.writer = AnswerWriter(loop)
 
     def quiet(self) -> bool:
         """True when at most one read arrived from any client since the last call: nobody but
@@ -267,6 +270,7 @@ class ConnectionSet:
             self._timer = None
         for conn in list(self.connections):
             conn.abort("server shutting down")
+        self.writer.close()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -287,6 +291,13 @@ class HttpProtocol(asyncio.Protocol):
         self.failed: bytes | None = None  # the final response once the input is unusable
         self.write_paused = False
         self.read_paused = False
+        # An answer is with the connections' writer: later output waits in ``held`` (order), a
+        # close waits too (``close_pending``) and the socket stays open through ``send_fd``, the
+        # writer's duplicate of its descriptor (taken at the first batched answer).
+        self.sending = False
+        self.held: list[bytes] = []
+        self.close_pending = False
+        self.send_fd = -1
         self.watcher: Any = None
         self.in_watch = False  # the response in progress is a watch
         self.current: Request | None = None
@@ -312,6 +323,8 @@ class HttpProtocol(asyncio.Protocol):
         self.connections.discard(self)
         self.queue.clear()
         self._drop_watcher()
+        if not self.sending:
+            self._release_fd()
 
     def data_received(self, data: bytes) -> None:
         self.connections.reads += 1
@@ -379,7 +392,7 @@ class HttpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The client will send nothing more: end a watch, else answer what is pending first."""
         self.eof = True
-        if self.in_watch or not (self.busy or self.queue):
+        if self.in_watch or not (self.busy or self.queue or self.sending):
             return None  # the transport closes itself
         return True
 
@@ -433,7 +446,7 @@ class HttpProtocol(asyncio.Protocol):
         while nothing else is being written on this connection (else the client sends the
         body after its own short delay)."""
         if self.failed is None and not self.busy and not self.queue:
-            self.transport.write(CONTINUE)
+            self.out(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -490,7 +503,7 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("request GET %s failed", KEYS_PREFIX + path[2:])
             response = INTERNAL_ERROR
         if isinstance(response, bytes):
-            self.transport.write(response)
+            self._write_answer(response)
         else:
             self.send(Request(b"GET", KEYS_PREFIX + path[2:], b"", b"", None, None, True, "1.1"), response)
 
@@ -560,12 +573,63 @@ class HttpProtocol(asyncio.Protocol):
     def send(self, req: Request, response: Response) -> None:
         """Write one complete response (no body for HEAD); close unless kept alive."""
         status, headers, body = response
-        transport = self.transport
-        transport.write(b"".join((
+        data = b"".join((
             _status_line(req, status), self.app.cors_headers(req.origin), headers,
             b"Date: ", http_date(), b"\r\nContent-Length: %d\r\n" % len(body) if status != 204 else b"\r\n",
-            req.version_header, b"\r\n", b"" if req.head else body)))
-        self._finished(req)
+            req.version_header, b"\r\n", b"" if req.head else body))
+        if req.keep_alive:
+            self._write_answer(data)
+        else:
+            self.out(data)
+            self._finished(req)
+
+    def out(self, data: bytes) -> None:
+        """Write ``data`` after everything written before it on this connection."""
+        if self.sending:
+            self.held.append(data)
+        else:
+            self.transport.write(data)
+
+    def _write_answer(self, data: bytes) -> None:
+        """Write the whole answer to a kept-alive request: with this loop pass's batch when the
+        writer takes it, else through the transport (after an answer still with the writer)."""
+        if self.sending:
+            self.held.append(data)
+        elif self.connections.writer.write(self, data):
+            self.sending = True
+        else:
+            self.transport.write(data)
+
+    def written(self, data: bytes, sent: int) -> None:
+        """The writer is done with ``data``: ``sent`` bytes left (or ``-errno``). The transport
+        takes the rest and what was held meanwhile; then a pending close."""
+        if not self.sending:
+            return
+        self.sending = False
+        held, self.held = self.held, []
+        if self.closed and not self.close_pending:  # aborted or lost: nobody reads any more
+            self._release_fd()
+            return
+        rest = data[max(sent, 0):] if sent < len(data) else b""
+        if rest or held:
+            self.transport.write(b"".join((rest, *held)))
+        if self.close_pending:
+            self.close_pending = False
+            self.transport.close()
+        elif self.eof and not (self.busy or self.queue):
+            self.close()
+
+    def write(self, data: bytes) -> None:
+        """The watch hub's write: a long-poll watch's last chunk is a whole answer; a stream
+        watch's chunks go out as they come."""
+        req, watcher = self.current, self.watcher
+        if req is not None and req.keep_alive and watcher is not None and not watcher.stream:
+            self._write_answer(data)
+        else:
+            self.out(data)
+
+    def is_closing(self) -> bool:
+        return self.closed or self.transport.is_closing()
 
     def _finished(self, req: Request) -> None:
         if not req.keep_alive:
@@ -580,7 +644,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._maybe_resume_reading()
         if self.failed is not None:
-            self.transport.write(self.failed)
+            self.out(self.failed)
             self.close()
         elif self.eof:
             self.close()
@@ -589,7 +653,7 @@ class HttpProtocol(asyncio.Protocol):
         """Write the head of a chunked response (a watch) at once."""
         req = self.current
         assert req is not None
-        self.transport.write(b"".join((
+        self.out(b"".join((
             _status_line(req, status), self.app.cors_headers(req.origin), headers,
             b"Date: ", http_date(), b"\r\n", req.version_header, b"Transfer-Encoding: chunked\r\n\r\n")))
 
@@ -633,10 +697,19 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
+        """Close once everything written so far is out (after the answer with the writer)."""
         if not self.closed:
             self.closed = True
             self._drop_watcher()
-            self.transport.close()
+            if self.sending:
+                self.close_pending = True
+            else:
+                self.transport.close()
+
+    def _release_fd(self) -> None:
+        fd, self.send_fd = self.send_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _drop_watcher(self) -> None:
         watcher, self.watcher = self.watcher, None

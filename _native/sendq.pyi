@@ -1,0 +1,13 @@
+"""A send queue: batches of (socket, bytes) written by a thread that never holds the GIL.
+
+``submit`` queues a batch and returns at once; the thread running ``serve`` sends each item with
+one non-blocking ``send`` and signals ``event_fd``; ``collect`` returns, per finished batch in
+submission order, the bytes sent per item or ``-errno``. Keep the sockets open until collected.
+"""
+
+class SendQueue:
+    event_fd: int
+    def submit(self, fds: list[int], payloads: list[bytes]) -> None: ...
+    def collect(self) -> list[list[int]]: ...
+    def serve(self) -> None: ...
+    def stop(self) -> None: ...

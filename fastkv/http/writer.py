@@ -1,0 +1,98 @@
+"""The answer writer: the whole answers of one loop pass leave in one batch from another thread.
+
+Sending an answer is a syscall that, on loopback, also does the receiving side's TCP work:
+about a third of the event loop's time under many connections. ``AnswerWriter`` moves it off
+the loop: ``write`` gathers the answers of the current loop pass; at the end of the pass they go
+to a compiled send queue whose thread sends them without the GIL while the loop goes on. A pass
+with fewer than ``min_batch`` answers is written on the loop as before (no hop, no latency
+added to a lone client).
+
+Contract with a connection (``HttpProtocol``): while one of its answers is with the writer
+(``sending``) whatever else it writes waits, in order, and so does a close; it keeps the
+descriptor the thread writes to open: a ``dup`` of the socket's, taken at its first batched
+answer and closed only when no answer of it is in flight (a closed and reused descriptor would
+get another client's bytes). ``written(data, sent)`` runs on the loop once the thread is done
+(``sent`` bytes went out, or ``-errno``); the connection writes the rest through its transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import deque
+from typing import Any, Protocol
+
+from fastkv._native.sendq import SendQueue
+
+MIN_BATCH = 4  # fewer answers in a loop pass: written on the loop
+MAX_ANSWER = 1 << 16  # bigger answers go through the transport, which buffers what is left
+
+
+class Connection(Protocol):
+    transport: Any
+    write_paused: bool
+    send_fd: int
+
+    def written(self, data: bytes, sent: int) -> None: ...
+
+
+class AnswerWriter:
+    """Writes whole answers of many connections, batched per loop pass (see the module doc)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_batch: int = MIN_BATCH) -> None:
+        self._loop = loop
+        self._min_batch = min_batch
+        self._pass: list[tuple[Connection, bytes]] = []
+        self._in_flight: deque[list[tuple[Connection, bytes]]] = deque()
+        self._queue: SendQueue | None = None
+        self._thread: threading.Thread | None = None
+
+    def write(self, conn: Connection, data: bytes) -> bool:
+        """Take ``data``, a whole answer, for the end of this loop pass; False (not taken) when
+        it has to go through the transport: too big, or the transport still holds earlier data."""
+        if len(data) > MAX_ANSWER or conn.write_paused or conn.transport.get_write_buffer_size():
+            return False
+        if not self._pass:
+            self._loop.call_soon(self._flush)
+        self._pass.append((conn, data))
+        return True
+
+    def _flush(self) -> None:
+        batch, self._pass = self._pass, []
+        if len(batch) < self._min_batch:
+            for conn, data in batch:
+                conn.written(data, 0)  # nothing sent here: the connection writes it all
+            return
+        fds = []
+        for conn, _ in batch:
+            if conn.send_fd < 0 and not conn.transport.is_closing():
+                conn.send_fd = os.dup(conn.transport.get_extra_info("socket").fileno())
+            fds.append(conn.send_fd)
+        self._in_flight.append(batch)
+        self._started().submit(fds, [data for _, data in batch])
+
+    def _started(self) -> SendQueue:
+        if self._queue is None:
+            self._queue = SendQueue()
+            self._loop.add_reader(self._queue.event_fd, self._sent)
+            self._thread = threading.Thread(target=self._queue.serve, name="fastkv-send", daemon=True)
+            self._thread.start()
+        return self._queue
+
+    def _sent(self) -> None:
+        assert self._queue is not None
+        for outcomes in self._queue.collect():
+            batch = self._in_flight.popleft()
+            for (conn, data), sent in zip(batch, outcomes, strict=True):
+                conn.written(data, sent)
+
+    def close(self) -> None:
+        """Send what is queued, then end the thread (blocks until it has)."""
+        if self._queue is None or self._thread is None:
+            return
+        self._loop.remove_reader(self._queue.event_fd)
+        self._queue.stop()
+        self._thread.join()
+        self._sent()
+        self._queue = self._thread = None

@@ -1,0 +1,123 @@
+"""The compiled send queue over real sockets: order, outcomes, a full socket, a closed peer."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from fastkv._native.sendq import SendQueue
+
+
+@pytest.fixture
+def queue() -> Iterator[SendQueue]:
+    q = SendQueue()
+    thread = threading.Thread(target=q.serve, daemon=True)
+    thread.start()
+    yield q
+    q.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def outcomes(q: SendQueue, batches: int) -> list[list[int]]:
+    """Wait on ``event_fd`` until ``batches`` batches are collected."""
+    got: list[list[int]] = []
+    while len(got) < batches:
+        assert select.select([q.event_fd], [], [], 5)[0], "the queue never signalled"
+        got += q.collect()
+    return got
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "peer closed early"
+        data += chunk
+    return data
+
+
+def test_batches_arrive_whole_and_in_order_on_every_socket(queue: SendQueue) -> None:
+    pairs = [socket.socketpair() for _ in range(20)]
+    try:
+        first = [f"first {i}\n".encode() for i in range(20)]
+        second = [f"second {i}\n".encode() for i in range(20)]
+        queue.submit([a.fileno() for a, _ in pairs], first)
+        queue.submit([a.fileno() for a, _ in pairs], second)
+        assert outcomes(queue, 2) == [[len(p) for p in first], [len(p) for p in second]]
+        for i, (_, b) in enumerate(pairs):
+            assert read_exactly(b, len(first[i]) + len(second[i])) == first[i] + second[i]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_a_full_socket_reports_how_far_the_send_got(queue: SendQueue) -> None:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+        queue.submit([a.fileno()], [big])
+        [[sent]] = outcomes(queue, 1)
+        assert 0 < sent < len(big)
+        a.setblocking(True)
+        received = bytearray()
+        sender = threading.Thread(target=a.sendall, args=(big[sent:],))
+        sender.start()
+        while len(received) < len(big):
+            received += b.recv(1 << 16)
+        sender.join()
+        assert bytes(received) == big  # nothing lost or doubled at the boundary
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_closed_peer_gives_minus_errno_and_no_signal(queue: SendQueue) -> None:
+    a, b = socket.socketpair()
+    b.close()
+    try:
+        queue.submit([a.fileno()], [b"nobody listens"])
+        [[outcome]] = outcomes(queue, 1)
+        assert outcome in (-errno.EPIPE, -errno.ECONNRESET)
+    finally:
+        a.close()
+
+
+def test_a_bad_descriptor_fails_alone(queue: SendQueue) -> None:
+    a, b = socket.socketpair()
+    spare = socket.socket()
+    bad = spare.fileno()
+    spare.close()
+    try:
+        queue.submit([bad, a.fileno()], [b"lost", b"delivered"])
+        assert outcomes(queue, 1) == [[-errno.EBADF, len(b"delivered")]]
+        assert b.recv(100) == b"delivered"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_stop_sends_what_is_queued_first() -> None:
+    q = SendQueue()
+    a, b = socket.socketpair()
+    try:
+        q.submit([a.fileno()], [b"queued before stop"])
+        q.stop()
+        q.serve()  # returns once the queue is empty, on this thread
+        assert q.collect() == [[len(b"queued before stop")]]
+        assert b.recv(100) == b"queued before stop"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_mismatched_lists_are_refused() -> None:
+    with pytest.raises(ValueError):
+        SendQueue().submit([1, 2], [b"x"])
