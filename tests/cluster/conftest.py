@@ -9,6 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def _machines(member: harness.Server) -> int:
 
 
 def start_cluster(tmp: Path, size: int, extra: list[str] | None = None) -> Cluster:
+    """A new healthy cluster of ``size`` members started with the flags ``extra`` as well."""
     proxy_ports = [harness.free_port() for _ in range(size)]
     members = harness.fastkv_cluster(tmp, size, [*TIMING, *(extra or [])], advertise_peer_ports=proxy_ports)
     proxies = PeerProxies(proxy_ports, [m.peer_port for m in members]).start()
@@ -113,11 +115,20 @@ def stop_cluster(cluster: Cluster) -> None:
     cluster.proxies.stop()
 
 
+@contextmanager
+def running_cluster(tmp: Path, size: int, extra: list[str] | None = None) -> Iterator[Cluster]:
+    """``start_cluster`` for the block; every member is killed when it ends."""
+    cluster = start_cluster(tmp, size, extra)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
+
+
 @pytest.fixture
 def cluster3(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path, 3)
-    yield cluster
-    stop_cluster(cluster)
+    with running_cluster(tmp_path, 3) as cluster:
+        yield cluster
 
 
 class Writer(threading.Thread):

@@ -1,7 +1,7 @@
 """Changing the membership of a running cluster of real processes: members added with
 ``POST /v2/members`` or ``fastkvctl member add`` join (``--initial-cluster-state existing``),
-catch up and serve while clients write; members are removed; etcd's refusals of joins and its
-strict reconfiguration checks."""
+catch up and serve while clients write (and the history of a recorded client load stays
+linearizable); members are removed; etcd's refusals of joins and its strict reconfiguration checks."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from tests.cluster.conftest import (
     Cluster,
     Writer,
     request,
-    start_cluster,
-    stop_cluster,
+    running_cluster,
     wait_for,
     wait_until_has,
 )
+from tests.cluster.history import recorded_load
 
 TOKEN = "fk-cluster"  # harness.fastkv_cluster's
 INTERNAL_ERROR = (500, {"message": "Internal Server Error"})
@@ -111,8 +111,7 @@ def fastkvctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_members_join_by_http_and_fastkvctl_and_one_leaves_under_write_load(tmp_path: Path) -> None:
-    cluster = start_cluster(tmp_path, 3, ["--snapshot-count", "20"])
-    try:
+    with running_cluster(tmp_path, 3, ["--snapshot-count", "20"]) as cluster, recorded_load(cluster):
         m0, m1, m2 = cluster.members
         writers = [Writer(m, i) for i, m in enumerate((m0, m1))]
         for w in writers:
@@ -180,8 +179,6 @@ def test_members_join_by_http_and_fastkvctl_and_one_leaves_under_write_load(tmp_
         new.start()
         status, _, body = request(new.url + "/v2/keys/joined?quorum=true")
         assert (status, body["node"]["value"]) == (200, "m3")
-    finally:
-        stop_cluster(cluster)
 
 
 def test_a_join_without_a_reachable_member_is_refused(tmp_path: Path) -> None:
