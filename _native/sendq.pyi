@@ -5,6 +5,8 @@ one non-blocking ``send`` and signals ``event_fd``; ``collect`` returns, per fin
 submission order, the bytes sent per item or ``-errno``. Keep the sockets open until collected.
 """
 
+def send_now(fds: list[int], payloads: list[bytes]) -> list[int]: ...
+
 class SendQueue:
     event_fd: int
     def submit(self, fds: list[int], payloads: list[bytes]) -> None: ...

@@ -111,6 +111,52 @@ cdef Py_ssize_t _send_whole(int fd, const char *data, Py_ssize_t size) noexcept 
     return done
 
 
+cdef Batch *_new_batch(list fds, list payloads) except NULL:
+    """A batch of items pointing into ``payloads`` (which the caller keeps alive)."""
+    cdef Py_ssize_t count = len(fds)
+    cdef Py_ssize_t i
+    cdef bytes payload
+    cdef Batch *batch
+    if len(payloads) != count:
+        raise ValueError("one payload per descriptor")
+    batch = <Batch *> malloc(sizeof(Batch))
+    if batch == NULL:
+        raise MemoryError()
+    batch.items = <Item *> malloc(sizeof(Item) * (count if count > 0 else 1))
+    if batch.items == NULL:
+        free(batch)
+        raise MemoryError()
+    batch.count = count
+    batch.next = NULL
+    for i in range(count):
+        payload = payloads[i]
+        batch.items[i].fd = fds[i]
+        batch.items[i].data = PyBytes_AS_STRING(payload)
+        batch.items[i].size = PyBytes_GET_SIZE(payload)
+        batch.items[i].outcome = 0
+    return batch
+
+
+cdef inline void _send_batch(Batch *batch) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef Item *item
+    for i in range(batch.count):
+        item = &batch.items[i]
+        item.outcome = _send_whole(item.fd, item.data, item.size)
+
+
+def send_now(list fds, list payloads):
+    """Send ``payloads[i]`` on ``fds[i]`` right here, with the GIL released meanwhile; per item
+    the bytes sent or ``-errno`` (as ``SendQueue.collect`` reports them)."""
+    cdef Batch *batch = _new_batch(fds, payloads)
+    cdef Py_ssize_t i
+    with nogil:
+        _send_batch(batch)
+    outcomes = [batch.items[i].outcome for i in range(batch.count)]
+    _free_all(batch)
+    return outcomes
+
+
 @cython.final
 cdef class SendQueue:
     """Batches of ``(fd, bytes)`` sent in order by the thread that runs ``serve``."""
@@ -141,26 +187,7 @@ cdef class SendQueue:
 
     def submit(self, list fds, list payloads):
         """Queue one batch: ``payloads[i]`` (bytes) to be sent on descriptor ``fds[i]``."""
-        cdef Py_ssize_t count = len(fds)
-        cdef Py_ssize_t i
-        cdef bytes payload
-        cdef Batch *batch
-        if len(payloads) != count:
-            raise ValueError("one payload per descriptor")
-        batch = <Batch *> malloc(sizeof(Batch))
-        if batch == NULL:
-            raise MemoryError()
-        batch.items = <Item *> malloc(sizeof(Item) * (count if count > 0 else 1))
-        if batch.items == NULL:
-            free(batch)
-            raise MemoryError()
-        batch.count = count
-        for i in range(count):
-            payload = payloads[i]
-            batch.items[i].fd = fds[i]
-            batch.items[i].data = PyBytes_AS_STRING(payload)
-            batch.items[i].size = PyBytes_GET_SIZE(payload)
-            batch.items[i].outcome = 0
+        cdef Batch *batch = _new_batch(fds, payloads)
         self._payloads.append(payloads)
         # The GIL stays held: the thread holds the lock only to queue or take a batch, never
         # while it sends, and releasing the GIL here would hand it to another thread for a while.
@@ -200,8 +227,6 @@ cdef class SendQueue:
     cdef void _serve(self) noexcept nogil:
         cdef Batch *batch
         cdef Batch *next_batch
-        cdef Item *item
-        cdef Py_ssize_t i
         cdef uint64_t one = 1
         while True:
             pthread_mutex_lock(&self._lock)
@@ -212,9 +237,7 @@ cdef class SendQueue:
             if batch == NULL:
                 return  # stopping, nothing left
             while batch != NULL:
-                for i in range(batch.count):
-                    item = &batch.items[i]
-                    item.outcome = _send_whole(item.fd, item.data, item.size)
+                _send_batch(batch)
                 next_batch = batch.next
                 pthread_mutex_lock(&self._lock)
                 _push(&self._sent, batch)

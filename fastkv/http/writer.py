@@ -5,7 +5,8 @@ about a third of the event loop's time under many connections. ``AnswerWriter`` 
 the loop: ``write`` gathers the answers of the current loop pass; at the end of the pass they go
 to a compiled send queue whose thread sends them without the GIL while the loop goes on. A pass
 with fewer than ``min_batch`` answers is written on the loop as before (no hop, no latency
-added to a lone client).
+added to a lone client); of a big one (a watch fan-out) the loop sends half itself, with the GIL
+released, while the thread sends the other half.
 
 Contract with a connection (``HttpProtocol``): while one of its answers is with the writer
 (``sending``) whatever else it writes waits, in order, and so does a close; it keeps the
@@ -23,9 +24,10 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
-from fastkv._native.sendq import SendQueue
+from fastkv._native.sendq import SendQueue, send_now
 
 MIN_BATCH = 4  # fewer answers in a loop pass: written on the loop
+SPLIT_BATCH = 128  # from this many (a watch fan-out), the loop sends half itself, in parallel
 MAX_ANSWER = 1 << 16  # bigger answers go through the transport, which buffers what is left
 
 
@@ -69,8 +71,13 @@ class AnswerWriter:
             if conn.send_fd < 0 and not conn.transport.is_closing():
                 conn.send_fd = os.dup(conn.transport.get_extra_info("socket").fileno())
             fds.append(conn.send_fd)
-        self._in_flight.append(batch)
-        self._started().submit(fds, [data for _, data in batch])
+        own = len(batch) // 2 if len(batch) >= SPLIT_BATCH else 0
+        self._in_flight.append(batch[own:])
+        self._started().submit(fds[own:], [data for _, data in batch[own:]])
+        if own:
+            for (conn, data), sent in zip(batch[:own], send_now(fds[:own], [d for _, d in batch[:own]]),
+                                          strict=True):
+                conn.written(data, sent)
 
     def _started(self) -> SendQueue:
         if self._queue is None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastkv._native.sendq import SendQueue
+from fastkv._native.sendq import SendQueue, send_now
 
 
 @pytest.fixture
@@ -121,3 +121,16 @@ def test_stop_sends_what_is_queued_first() -> None:
 def test_mismatched_lists_are_refused() -> None:
     with pytest.raises(ValueError):
         SendQueue().submit([1, 2], [b"x"])
+
+
+def test_send_now_reports_like_the_queue() -> None:
+    a, b = socket.socketpair()
+    gone_a, gone_b = socket.socketpair()
+    gone_b.close()
+    try:
+        outcomes = send_now([a.fileno(), gone_a.fileno()], [b"here", b"nobody"])
+        assert outcomes[0] == 4 and outcomes[1] in (-errno.EPIPE, -errno.ECONNRESET)
+        assert b.recv(10) == b"here"
+    finally:
+        for s in (a, b, gone_a):
+            s.close()
