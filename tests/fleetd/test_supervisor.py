@@ -300,18 +300,19 @@ def test_start_limit_stops_a_crash_loop(tmp_path: Path) -> None:
 # --- reloading -----------------------------------------------------------------------------------
 
 def test_reload_runs_exec_reload_while_the_unit_stays_active(tmp_path: Path) -> None:
-    hups, gate = tmp_path / "hups", tmp_path / "gate"
+    hups, gate, trapped = tmp_path / "hups", tmp_path / "gate", tmp_path / "trapped"
 
     async def test(sup: Supervisor) -> None:
         await load(sup, "hup.service", f"[Service]\n"
                                        f"ExecStart=/bin/sh -c 'trap \"echo hup >> {hups}\" HUP; "
-                                       f"while :; do sleep 0.05; done'\n"
+                                       f"touch {trapped}; while :; do sleep 0.05; done'\n"
                                        f"ExecReload=/bin/sh -c 'kill -HUP $MAINPID; "
                                        f"while [ ! -e {gate} ]; do sleep 0.02; done'\n")
         with pytest.raises(UnitRuntimeError, match="not active, cannot reload"):
             await sup.reload("hup.service")
         await sup.start("hup.service")
         await sup.wait_for("hup.service", "active/running", WAIT)
+        await wait_until(trapped.exists)  # a simple service runs at once; its shell may not trap yet
         main = sup.main_pid("hup.service")
         reload = asyncio.ensure_future(sup.reload("hup.service"))
         assert await sup.wait_for("hup.service", "reloading", WAIT) == state("loaded/reloading/reload")
