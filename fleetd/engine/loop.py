@@ -34,10 +34,12 @@ Additions to fleet:
 * A failed schedule/unschedule (someone changed the unit meanwhile) abandons the round's remaining
   tasks, which were computed from a view now known to be stale, and reconciles again at once.
 * After rounds failed because the registry could not be reached, the machines known before count as
-  seen at the first round that reads the registry again, and for ``machine_ttl`` seconds from then the
-  engine keeps units on machines whose keys are missing (at least that grace): keys that expired while
-  nobody could reach the registry say nothing about the machines, which re-register within their TTL.
-  So a registry outage or failover longer than ``agent_ttl`` does not move (restart) every unit.
+  seen when the registry first answered again (even if this engine led only some rounds later: the
+  lease of the leader before the outage may still stand then), and for ``machine_ttl`` seconds from
+  then the engine keeps units on machines whose keys are missing (at least that grace): keys that
+  expired while nobody could reach the registry say nothing about the machines, which re-register
+  within their TTL. So a registry outage or failover longer than ``agent_ttl`` does not move
+  (restart) every unit.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ class Engine:
         self._last_seen: dict[str, float] = {}
         self._last_gc = clock()
         self.machine_ttl = machine_ttl
-        self._registry_lost = False
+        self._registry_lost = False  # rounds failed for want of the registry, none succeeded since
+        self._back_at: float | None = None  # when it answered again, until a leader's round notes it
         self._recovered_at: float | None = None
 
     def set_interval(self, interval: float) -> None:
@@ -148,7 +151,8 @@ class Engine:
                     await asyncio.sleep(self._backoff.unexpected(log, "Engine round"))
                 else:
                     self._backoff.reset()
-                    self._registry_lost = False  # a leader's reconcile has taken note of it
+                    if self._registry_lost:  # back, but not led: the next leading round notes it
+                        self._registry_lost, self._back_at = False, self.clock()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval)
                 self._wake.clear()
@@ -254,10 +258,11 @@ class Engine:
         """The configuration of a round read at ``now``: the configured one, with at least
         ``machine_ttl`` of grace during the first ``machine_ttl`` seconds after a registry outage; the
         machines known before and those units are scheduled to count as seen when it ended."""
-        if self._registry_lost:
-            self._registry_lost = False
-            self._recovered_at = now
-            self._last_seen = dict.fromkeys({*self._last_seen, *targets}, now)
+        back = self._back_at if self._back_at is not None else now if self._registry_lost else None
+        if back is not None:
+            self._registry_lost, self._back_at = False, None
+            self._recovered_at = back
+            self._last_seen = dict.fromkeys({*self._last_seen, *targets}, back)
             log.info("Registry reachable again: machines get %.0fs to re-register before their units move",
                      self.machine_ttl)
         if self._recovered_at is None or now - self._recovered_at >= self.machine_ttl:

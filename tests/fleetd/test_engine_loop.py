@@ -11,7 +11,7 @@ import pytest
 
 from fleetd.engine.loop import Engine, task_batches
 from fleetd.engine.plan import EngineTask, EngineTaskKind
-from fleetd.etcd import EtcdClient, EtcdResult
+from fleetd.etcd import EtcdClient, EtcdResult, EtcdUnavailable
 from fleetd.job import JobState, Unit
 from fleetd.machine import MachineState
 from fleetd.registry.layout import Layout
@@ -129,3 +129,32 @@ async def _scheduled(registry: Registry, count: int, machines: set[str]) -> bool
 async def _target(registry: Registry, name: str, machine_id: str) -> bool:
     jobs, _ = await registry.jobs()
     return any(j.name == name and j.target_machine_id == machine_id for j in jobs)
+
+
+def test_machines_get_their_grace_when_the_registry_came_back_before_this_engine_led() -> None:
+    """The registry answers again, but the lease of the engine that led before the outage still
+    stands for a round or two: when this engine leads later, the machines (whose keys expired
+    meanwhile) still get ``machine_ttl`` from the moment the registry came back to re-register."""
+    now = [100.0]
+
+    async def main() -> tuple[float, float]:
+        async with EtcdClient(["http://127.0.0.1:9"]) as client:  # never called: rounds are scripted
+            engine = Engine(Registry(client, Layout("/grace/")), M1.id, interval=0.001, machine_ttl=30.0,
+                            clock=lambda: now[0])
+            script: list[EtcdUnavailable | None] = [EtcdUnavailable("down"), None, None]
+
+            async def scripted_round() -> None:  # an outage, then rounds that do not lead
+                outcome = script.pop(0)
+                now[0] += 5.0
+                if not script:
+                    raise asyncio.CancelledError
+                if outcome is not None:
+                    raise outcome
+            engine.round = scripted_round  # type: ignore[method-assign]
+            with pytest.raises(asyncio.CancelledError):
+                await engine.run()
+            config = engine._round_config(now[0], [M2.id])  # the first round that leads
+            return config.grace, engine._last_seen[M2.id]
+    grace, seen = asyncio.run(main())
+    assert grace == 30.0
+    assert seen == 110.0  # when the registry first answered again, not when this engine led
