@@ -7,92 +7,33 @@ process it started. A server that does not come up fails the test loudly with it
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-REFERENCE_ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+from bench.servers import REFERENCE_ETCD, free_port, start_all
+from bench.servers import Server as _Server
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["REFERENCE_ETCD", "Server", "fastkv", "fastkv_cluster", "free_port", "reference_etcd", "start_all"]
 
 
 @dataclass
-class Server:
-    """One running server process and where to reach it."""
-
-    kind: str
-    name: str
-    client_port: int
-    peer_port: int
-    data_dir: Path
-    args: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+class Server(_Server):
+    """One server process (the benchmarks' ``Server``) with what tests need besides."""
 
     @property
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
-    def start(self, timeout: float = 20.0) -> Server:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it for its lifetime
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **self.env}, start_new_session=True)
-        log.close()
-        self.wait_ready(timeout)
+    def start(self, timeout: float = 20.0, path: str = "/v2/keys/") -> Server:
+        super().start(timeout, path)
         return self
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + "/v2/keys/", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.kind} did not answer within {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 def _member_args(name: str, client_port: int, peer_port: int, data_dir: Path) -> list[str]:
@@ -158,15 +99,3 @@ def cluster_member(tmp: Path, name: str, client_port: int, peer_port: int, adver
             "--initial-cluster", initial_cluster, "--initial-cluster-state", state,
             "--initial-cluster-token", token, *(extra or [])]
     return Server("fastkv", name, client_port, peer_port, data_dir, args, tmp / f"{name}.fastkv.log")
-
-
-def start_all(servers: list[Server], timeout: float = 20.0) -> list[Server]:
-    """Launch every server first (members of one cluster need each other), then wait for each."""
-    for server in servers:
-        log = open(server.log_path, "ab")  # noqa: SIM115 - the child writes to it for its lifetime
-        server.process = subprocess.Popen(server.args, stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, **server.env}, start_new_session=True)
-        log.close()
-    for server in servers:
-        server.wait_ready(timeout)
-    return servers
