@@ -592,10 +592,12 @@ def test_killed_registry_leader_fails_over(cluster: Cluster) -> None:
     running, machines stay registered, and units are scheduled and started as before."""
     servers = cluster.registry_servers
     leader = cluster.wait("a registry leader", servers.leader)
-    user = next(m for m in cluster.machines if m.etcd_urls[0] == leader.url)
-    if not _alive(user.process.pid if user.process else None):  # stopped by an earlier test
-        user.start()
+    stopped = [m for m in cluster.machines if not _alive(m.process.pid if m.process else None)]
+    for machine in stopped:  # by an earlier test (one leaves with SIGTERM)
+        machine.start()
+    if stopped:
         cluster.wait("three machines", lambda: len(cluster.snapshot().machines) == 3)
+    user = next(m for m in cluster.machines if m.etcd_urls[0] == leader.url)
     pid = cluster.run_pinned("before.service", user)
     leader.kill()
     cluster.wait("a new leader", lambda: servers.leader() not in (None, leader), 20)
