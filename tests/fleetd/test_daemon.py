@@ -38,9 +38,9 @@ REGISTRIES = ("etcd", "fastkv3")
 IDS = ("1" * 32, "2" * 32, "3" * 32)
 METADATA = ("role=web,disk=ssd", "role=web", "role=db")
 #: agent_ttl per registry: a 3-member registry must outlive a leader election (1-3 s on a loaded
-#: machine) plus a heartbeat that timed out on every endpoint and its retry, or machines expire
-#: during a failover (a real deployment keeps fleet's 30 s).
-TTL = {"etcd": 2, "fastkv3": 12}
+#: machine) plus a heartbeat that timed out and its retry, or machines expire during a failover
+#: (a real deployment keeps fleet's 30 s).
+TTL = {"etcd": 2, "fastkv3": 8}
 
 
 def sleeper(extra: str = "") -> UnitFile:
