@@ -2,7 +2,8 @@
 
 ``submit`` queues a batch and returns at once; the thread running ``serve`` sends each item with
 one non-blocking ``send`` and signals ``event_fd``; ``collect`` returns, per finished batch in
-submission order, the bytes sent per item or ``-errno``. Keep the sockets open until collected.
+submission order, the bytes sent per item or ``-errno``. The descriptors handed over are closed
+after their send: hand over ``dup``s.
 """
 
 def send_now(fds: list[int], payloads: list[bytes]) -> list[int]: ...

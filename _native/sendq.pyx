@@ -7,7 +7,8 @@ eventfd) once a batch is done; the loop, woken by it, takes the outcomes (``coll
 item the count of bytes sent, or ``-errno``. Batches are sent and collected in submission order.
 
 Contracts:
-* the caller keeps every socket of a submitted batch open until its outcome is collected (a
+* the descriptors handed over are the queue's: each is closed right after its send (hand over a
+  ``dup`` of the socket's own, so that the socket outlives whatever its owner does meanwhile: a
   closed and reused descriptor would receive another connection's bytes);
 * the queue keeps every ``bytes`` of a batch alive until its outcome is collected;
 * a send that would block or fails is not retried: its outcome says how far it got, and the
@@ -138,16 +139,19 @@ cdef Batch *_new_batch(list fds, list payloads) except NULL:
 
 
 cdef inline void _send_batch(Batch *batch) noexcept nogil:
+    """Send every item, then close its descriptor (handed over with it)."""
     cdef Py_ssize_t i
     cdef Item *item
     for i in range(batch.count):
         item = &batch.items[i]
         item.outcome = _send_whole(item.fd, item.data, item.size)
+        close(item.fd)
 
 
 def send_now(list fds, list payloads):
-    """Send ``payloads[i]`` on ``fds[i]`` right here, with the GIL released meanwhile; per item
-    the bytes sent or ``-errno`` (as ``SendQueue.collect`` reports them)."""
+    """Send ``payloads[i]`` on ``fds[i]`` right here, with the GIL released meanwhile, closing
+    each descriptor after its send; per item the bytes sent or ``-errno`` (as
+    ``SendQueue.collect`` reports them)."""
     cdef Batch *batch = _new_batch(fds, payloads)
     cdef Py_ssize_t i
     with nogil:
@@ -178,6 +182,12 @@ cdef class SendQueue:
         self._payloads = deque()
 
     def __dealloc__(self):
+        cdef Batch *batch = self._queued.head
+        cdef Py_ssize_t i
+        while batch != NULL:  # never sent: their descriptors are still ours to close
+            for i in range(batch.count):
+                close(batch.items[i].fd)
+            batch = batch.next
         _free_all(self._queued.head)
         _free_all(self._sent.head)
         if self.event_fd >= 0:
@@ -186,7 +196,8 @@ cdef class SendQueue:
         pthread_mutex_destroy(&self._lock)
 
     def submit(self, list fds, list payloads):
-        """Queue one batch: ``payloads[i]`` (bytes) to be sent on descriptor ``fds[i]``."""
+        """Queue one batch: ``payloads[i]`` (bytes) to be sent on descriptor ``fds[i]``, which
+        the thread closes after the send."""
         cdef Batch *batch = _new_batch(fds, payloads)
         self._payloads.append(payloads)
         # The GIL stays held: the thread holds the lock only to queue or take a batch, never

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections import deque
 from functools import partial
@@ -291,13 +290,12 @@ class HttpProtocol(asyncio.Protocol):
         self.failed: bytes | None = None  # the final response once the input is unusable
         self.write_paused = False
         self.read_paused = False
-        # An answer is with the connections' writer: later output waits in ``held`` (order), a
-        # close waits too (``close_pending``) and the socket stays open through ``send_fd``, the
-        # writer's duplicate of its descriptor (taken at the first batched answer).
+        # An answer is with the connections' writer: later output waits in ``held`` (order), and
+        # a close waits too (``close_pending``).
         self.sending = False
         self.held: list[bytes] = []
         self.close_pending = False
-        self.send_fd = -1
+        self.fd = -1  # the socket's descriptor (the writer duplicates it)
         self.watcher: Any = None
         self.in_watch = False  # the response in progress is a watch
         self.current: Request | None = None
@@ -316,6 +314,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -323,8 +323,6 @@ class HttpProtocol(asyncio.Protocol):
         self.connections.discard(self)
         self.queue.clear()
         self._drop_watcher()
-        if not self.sending:
-            self._release_fd()
 
     def data_received(self, data: bytes) -> None:
         self.connections.reads += 1
@@ -608,7 +606,6 @@ class HttpProtocol(asyncio.Protocol):
         self.sending = False
         held, self.held = self.held, []
         if self.closed and not self.close_pending:  # aborted or lost: nobody reads any more
-            self._release_fd()
             return
         rest = data[max(sent, 0):] if sent < len(data) else b""
         if rest or held:
@@ -705,11 +702,6 @@ class HttpProtocol(asyncio.Protocol):
                 self.close_pending = True
             else:
                 self.transport.close()
-
-    def _release_fd(self) -> None:
-        fd, self.send_fd = self.send_fd, -1
-        if fd >= 0:
-            os.close(fd)
 
     def _drop_watcher(self) -> None:
         watcher, self.watcher = self.watcher, None

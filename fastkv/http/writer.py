@@ -9,11 +9,13 @@ added to a lone client); of a big one (a watch fan-out) the loop sends half itse
 released, while the thread sends the other half.
 
 Contract with a connection (``HttpProtocol``): while one of its answers is with the writer
-(``sending``) whatever else it writes waits, in order, and so does a close; it keeps the
-descriptor the thread writes to open: a ``dup`` of the socket's, taken at its first batched
-answer and closed only when no answer of it is in flight (a closed and reused descriptor would
-get another client's bytes). ``written(data, sent)`` runs on the loop once the thread is done
-(``sent`` bytes went out, or ``-errno``); the connection writes the rest through its transport.
+(``sending``) whatever else it writes waits, in order, and so does a close. The thread writes to
+a ``dup`` of the socket's descriptor, taken on the loop while the transport is open and closed by
+the thread after the send, so the socket outlives anything that happens to the connection
+meanwhile (a closed and reused descriptor would get another client's bytes). Where no duplicate
+can be had (the open-file limit), the answer goes through the transport. ``written(data, sent)``
+runs on the loop once the thread is done (``sent`` bytes went out, or ``-errno``); the
+connection writes the rest through its transport.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ MAX_ANSWER = 1 << 16  # bigger answers go through the transport, which buffers w
 class Connection(Protocol):
     transport: Any
     write_paused: bool
-    send_fd: int
+    fd: int  # the socket's descriptor, as its transport holds it
+
 
     def written(self, data: bytes, sent: int) -> None: ...
 
@@ -66,16 +69,22 @@ class AnswerWriter:
             for conn, data in batch:
                 conn.written(data, 0)  # nothing sent here: the connection writes it all
             return
-        fds = []
-        for conn, _ in batch:
-            if conn.send_fd < 0 and not conn.transport.is_closing():
-                conn.send_fd = os.dup(conn.transport.get_extra_info("socket").fileno())
-            fds.append(conn.send_fd)
-        own = len(batch) // 2 if len(batch) >= SPLIT_BATCH else 0
-        self._in_flight.append(batch[own:])
-        self._started().submit(fds[own:], [data for _, data in batch[own:]])
+        fds: list[int] = []
+        taken: list[tuple[Connection, bytes]] = []
+        for conn, data in batch:
+            fd = _duplicate(conn)
+            if fd < 0:
+                conn.written(data, 0)  # the transport writes it all
+            else:
+                fds.append(fd)
+                taken.append((conn, data))
+        if not taken:
+            return
+        own = len(taken) // 2 if len(taken) >= SPLIT_BATCH else 0
+        self._in_flight.append(taken[own:])
+        self._started().submit(fds[own:], [data for _, data in taken[own:]])
         if own:
-            for (conn, data), sent in zip(batch[:own], send_now(fds[:own], [d for _, d in batch[:own]]),
+            for (conn, data), sent in zip(taken[:own], send_now(fds[:own], [d for _, d in taken[:own]]),
                                           strict=True):
                 conn.written(data, sent)
 
@@ -103,3 +112,14 @@ class AnswerWriter:
         self._thread.join()
         self._sent()
         self._queue = self._thread = None
+
+
+def _duplicate(conn: Connection) -> int:
+    """A duplicate of the connection's socket descriptor for the thread, or -1 (closing, or no
+    descriptor to spare)."""
+    if conn.fd < 0 or conn.transport.is_closing():
+        return -1
+    try:
+        return os.dup(conn.fd)
+    except OSError:
+        return -1

@@ -1,8 +1,11 @@
-"""The compiled send queue over real sockets: order, outcomes, a full socket, a closed peer."""
+"""The compiled send queue over real sockets: order, outcomes, a full socket, a closed peer; it
+closes the descriptors handed to it (duplicates of the sockets' own)."""
 
 from __future__ import annotations
 
 import errno
+import os
+import resource
 import select
 import socket
 import threading
@@ -47,8 +50,8 @@ def test_batches_arrive_whole_and_in_order_on_every_socket(queue: SendQueue) -> 
     try:
         first = [f"first {i}\n".encode() for i in range(20)]
         second = [f"second {i}\n".encode() for i in range(20)]
-        queue.submit([a.fileno() for a, _ in pairs], first)
-        queue.submit([a.fileno() for a, _ in pairs], second)
+        queue.submit([os.dup(a.fileno()) for a, _ in pairs], first)
+        queue.submit([os.dup(a.fileno()) for a, _ in pairs], second)
         assert outcomes(queue, 2) == [[len(p) for p in first], [len(p) for p in second]]
         for i, (_, b) in enumerate(pairs):
             assert read_exactly(b, len(first[i]) + len(second[i])) == first[i] + second[i]
@@ -63,7 +66,7 @@ def test_a_full_socket_reports_how_far_the_send_got(queue: SendQueue) -> None:
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     try:
         big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
-        queue.submit([a.fileno()], [big])
+        queue.submit([os.dup(a.fileno())], [big])
         [[sent]] = outcomes(queue, 1)
         assert 0 < sent < len(big)
         a.setblocking(True)
@@ -83,7 +86,7 @@ def test_a_closed_peer_gives_minus_errno_and_no_signal(queue: SendQueue) -> None
     a, b = socket.socketpair()
     b.close()
     try:
-        queue.submit([a.fileno()], [b"nobody listens"])
+        queue.submit([os.dup(a.fileno())], [b"nobody listens"])
         [[outcome]] = outcomes(queue, 1)
         assert outcome in (-errno.EPIPE, -errno.ECONNRESET)
     finally:
@@ -92,11 +95,9 @@ def test_a_closed_peer_gives_minus_errno_and_no_signal(queue: SendQueue) -> None
 
 def test_a_bad_descriptor_fails_alone(queue: SendQueue) -> None:
     a, b = socket.socketpair()
-    spare = socket.socket()
-    bad = spare.fileno()
-    spare.close()
+    bad = resource.getrlimit(resource.RLIMIT_NOFILE)[0] + 1  # never an open descriptor
     try:
-        queue.submit([bad, a.fileno()], [b"lost", b"delivered"])
+        queue.submit([bad, os.dup(a.fileno())], [b"lost", b"delivered"])
         assert outcomes(queue, 1) == [[-errno.EBADF, len(b"delivered")]]
         assert b.recv(100) == b"delivered"
     finally:
@@ -108,7 +109,7 @@ def test_stop_sends_what_is_queued_first() -> None:
     q = SendQueue()
     a, b = socket.socketpair()
     try:
-        q.submit([a.fileno()], [b"queued before stop"])
+        q.submit([os.dup(a.fileno())], [b"queued before stop"])
         q.stop()
         q.serve()  # returns once the queue is empty, on this thread
         assert q.collect() == [[len(b"queued before stop")]]
@@ -128,9 +129,24 @@ def test_send_now_reports_like_the_queue() -> None:
     gone_a, gone_b = socket.socketpair()
     gone_b.close()
     try:
-        outcomes = send_now([a.fileno(), gone_a.fileno()], [b"here", b"nobody"])
+        outcomes = send_now([os.dup(a.fileno()), os.dup(gone_a.fileno())], [b"here", b"nobody"])
         assert outcomes[0] == 4 and outcomes[1] in (-errno.EPIPE, -errno.ECONNRESET)
         assert b.recv(10) == b"here"
     finally:
         for s in (a, b, gone_a):
             s.close()
+
+
+def test_the_descriptors_handed_over_are_closed_after_their_send(queue: SendQueue) -> None:
+    a, b = socket.socketpair()
+    try:
+        handed = [os.dup(a.fileno()) for _ in range(3)]
+        queue.submit(handed, [b"x", b"y", b"z"])
+        assert outcomes(queue, 1) == [[1, 1, 1]]
+        for fd in handed:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        assert read_exactly(b, 3) == b"xyz"  # the socket itself stays open
+    finally:
+        a.close()
+        b.close()
