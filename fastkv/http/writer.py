@@ -2,11 +2,11 @@
 
 Sending an answer is a syscall that, on loopback, also does the receiving side's TCP work:
 about a third of the event loop's time under many connections. ``AnswerWriter`` moves it off
-the loop: ``write`` gathers the answers of the current loop pass; at the end of the pass they go
-to a compiled send queue whose thread sends them without the GIL while the loop goes on. A pass
-with fewer than ``min_batch`` answers is written on the loop as before (no hop, no latency
-added to a lone client); of a big one (a watch fan-out) the loop sends half itself, with the GIL
-released, while the thread sends the other half.
+the loop: the first answer of a loop pass goes out at once through its transport (a lone client
+waits for nothing); ``write`` gathers the others, and at the end of the pass they go to a compiled
+send queue whose thread sends them without the GIL while the loop goes on. Fewer than
+``min_batch`` gathered answers are written on the loop; of a big batch (a watch fan-out) the loop
+sends half itself, with the GIL released, while the thread sends the other half.
 
 Contract with a connection (``HttpProtocol``): while one of its answers is with the writer
 (``sending``) whatever else it writes waits, in order, and so does a close. The thread writes to
@@ -49,22 +49,29 @@ class AnswerWriter:
         self._loop = loop
         self._min_batch = min_batch
         self._pass: list[tuple[Connection, bytes]] = []
+        self._pass_open = False  # this loop pass answered already: later answers are gathered
         self._in_flight: deque[list[tuple[Connection, bytes]]] = deque()
         self._queue: SendQueue | None = None
         self._thread: threading.Thread | None = None
 
     def write(self, conn: Connection, data: bytes) -> bool:
         """Take ``data``, a whole answer, for the end of this loop pass; False (not taken) when
-        it has to go through the transport: too big, or the transport still holds earlier data."""
+        it goes through the transport now: the first answer of a pass (a lone client waits for
+        nothing), too big, or the transport still holds earlier data."""
         if len(data) > MAX_ANSWER or conn.write_paused or conn.transport.get_write_buffer_size():
             return False
-        if not self._pass:
+        if not self._pass_open:
+            self._pass_open = True
             self._loop.call_soon(self._flush)
+            return False
         self._pass.append((conn, data))
         return True
 
     def _flush(self) -> None:
+        self._pass_open = False
         batch, self._pass = self._pass, []
+        if not batch:
+            return
         if len(batch) < self._min_batch:
             for conn, data in batch:
                 conn.written(data, 0)  # nothing sent here: the connection writes it all
