@@ -38,7 +38,6 @@ class Connection(Protocol):
     write_paused: bool
     fd: int  # the socket's descriptor, as its transport holds it
 
-
     def written(self, data: bytes, sent: int) -> None: ...
 
 
@@ -70,18 +69,13 @@ class AnswerWriter:
     def _flush(self) -> None:
         self._pass_open = False
         batch, self._pass = self._pass, []
-        if not batch:
-            return
-        if len(batch) < self._min_batch:
-            for conn, data in batch:
-                conn.written(data, 0)  # nothing sent here: the connection writes it all
-            return
+        few = len(batch) < self._min_batch
         fds: list[int] = []
         taken: list[tuple[Connection, bytes]] = []
         for conn, data in batch:
-            fd = _duplicate(conn)
+            fd = -1 if few else _duplicate(conn)
             if fd < 0:
-                conn.written(data, 0)  # the transport writes it all
+                conn.written(data, 0)  # nothing sent here: the connection writes it all
             else:
                 fds.append(fd)
                 taken.append((conn, data))
