@@ -577,8 +577,11 @@ WATCH_HISTORY = Group("watch history", (
 ), ttl=True)
 
 WATCH_EXPIRE = Group("expire and refresh watches", (
+    # The watch is registered before the write: whether the expiry (every 500 ms) fell between
+    # the write and a watch opened after it would decide that watch's X-Etcd-Index.
+    put("a key beside it", f"{K}/e/a", "value=a"),
+    Watch("watch for the expiry of the next write", "z", f"{K}/e/z?wait=true&waitIndex=<index+2>"),
     put("ttl=0: expires at once", f"{K}/e/z", "value=z&ttl=0"),
-    Watch("watch for its expiry", "z", f"{K}/e/z?wait=true&waitIndex=<index+1>"),
     Event("the expire event", "z", timeout=4.0),
     put("a key with ttl=1", f"{K}/e/one", "value=1&ttl=1"),
     Watch("watch it", "one", f"{K}/e/one?wait=true"),
