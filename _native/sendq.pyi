@@ -6,7 +6,7 @@ submission order, the bytes sent per item or ``-errno``. The descriptors handed 
 after their send: hand over ``dup``s.
 """
 
-def send_now(fds: list[int], payloads: list[bytes]) -> list[int]: ...
+def send_now(fds: list[int], payloads: list[bytes], close_after: bool = True) -> list[int]: ...
 
 class SendQueue:
     event_fd: int

@@ -138,24 +138,26 @@ cdef Batch *_new_batch(list fds, list payloads) except NULL:
     return batch
 
 
-cdef inline void _send_batch(Batch *batch) noexcept nogil:
-    """Send every item, then close its descriptor (handed over with it)."""
+cdef inline void _send_batch(Batch *batch, bint close_after) noexcept nogil:
+    """Send every item; then close its descriptor when it was handed over with it."""
     cdef Py_ssize_t i
     cdef Item *item
     for i in range(batch.count):
         item = &batch.items[i]
         item.outcome = _send_whole(item.fd, item.data, item.size)
-        close(item.fd)
+        if close_after:
+            close(item.fd)
 
 
-def send_now(list fds, list payloads):
-    """Send ``payloads[i]`` on ``fds[i]`` right here, with the GIL released meanwhile, closing
-    each descriptor after its send; per item the bytes sent or ``-errno`` (as
-    ``SendQueue.collect`` reports them)."""
+def send_now(list fds, list payloads, bint close_after=True):
+    """Send ``payloads[i]`` on ``fds[i]`` right here, with the GIL released meanwhile; per item
+    the bytes sent or ``-errno`` (as ``SendQueue.collect`` reports them). Each descriptor is
+    closed after its send unless ``close_after`` is false: then they stay the caller's (whose
+    thread is blocked here, so none of them can be closed meanwhile by their owner)."""
     cdef Batch *batch = _new_batch(fds, payloads)
     cdef Py_ssize_t i
     with nogil:
-        _send_batch(batch)
+        _send_batch(batch, close_after)
     outcomes = [batch.items[i].outcome for i in range(batch.count)]
     _free_all(batch)
     return outcomes
@@ -248,7 +250,7 @@ cdef class SendQueue:
             if batch == NULL:
                 return  # stopping, nothing left
             while batch != NULL:
-                _send_batch(batch)
+                _send_batch(batch, True)
                 next_batch = batch.next
                 pthread_mutex_lock(&self._lock)
                 _push(&self._sent, batch)

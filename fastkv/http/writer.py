@@ -69,6 +69,10 @@ class AnswerWriter:
     def _flush(self) -> None:
         self._pass_open = False
         batch, self._pass = self._pass, []
+        own: list[tuple[Connection, bytes]] = []
+        if len(batch) >= SPLIT_BATCH:
+            half = len(batch) // 2
+            own, batch = batch[:half], batch[half:]
         few = len(batch) < self._min_batch
         fds: list[int] = []
         taken: list[tuple[Connection, bytes]] = []
@@ -79,15 +83,24 @@ class AnswerWriter:
             else:
                 fds.append(fd)
                 taken.append((conn, data))
-        if not taken:
-            return
-        own = len(taken) // 2 if len(taken) >= SPLIT_BATCH else 0
-        self._in_flight.append(taken[own:])
-        self._started().submit(fds[own:], [data for _, data in taken[own:]])
+        if taken:
+            self._in_flight.append(taken)
+            self._started().submit(fds, [data for _, data in taken])
         if own:
-            for (conn, data), sent in zip(taken[:own], send_now(fds[:own], [d for _, d in taken[:own]]),
-                                          strict=True):
-                conn.written(data, sent)
+            self._send_here(own)
+
+    def _send_here(self, batch: list[tuple[Connection, bytes]]) -> None:
+        """Send ``batch`` from the loop with the GIL released, on the sockets' own descriptors
+        (no duplicates: only this thread closes them, and it waits in ``send_now`` meanwhile)."""
+        taken: list[tuple[Connection, bytes]] = []
+        for conn, data in batch:
+            if _usable(conn):
+                taken.append((conn, data))
+            else:
+                conn.written(data, 0)
+        outcomes = send_now([conn.fd for conn, _ in taken], [data for _, data in taken], close_after=False)
+        for (conn, data), sent in zip(taken, outcomes, strict=True):
+            conn.written(data, sent)
 
     def _started(self) -> SendQueue:
         if self._queue is None:
@@ -118,9 +131,14 @@ class AnswerWriter:
 def _duplicate(conn: Connection) -> int:
     """A duplicate of the connection's socket descriptor for the thread, or -1 (closing, or no
     descriptor to spare)."""
-    if conn.fd < 0 or conn.transport.is_closing():
+    if not _usable(conn):
         return -1
     try:
         return os.dup(conn.fd)
     except OSError:
         return -1
+
+
+def _usable(conn: Connection) -> bool:
+    """Whether the connection's socket can take a send now: it has one and is not closing."""
+    return conn.fd >= 0 and not conn.transport.is_closing()

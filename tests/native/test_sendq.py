@@ -137,6 +137,19 @@ def test_send_now_reports_like_the_queue() -> None:
             s.close()
 
 
+def test_send_now_leaves_borrowed_descriptors_open() -> None:
+    a, b = socket.socketpair()
+    try:
+        assert send_now([a.fileno(), a.fileno()], [b"one", b"two"], close_after=False) == [3, 3]
+        os.fstat(a.fileno())  # still open: the caller's
+        assert read_exactly(b, 6) == b"onetwo"
+        assert send_now([os.dup(a.fileno())], [b"!"]) == [1]  # the default closes the duplicate
+        assert read_exactly(b, 1) == b"!"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_the_descriptors_handed_over_are_closed_after_their_send(queue: SendQueue) -> None:
     a, b = socket.socketpair()
     try:
