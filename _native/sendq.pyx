@@ -20,7 +20,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, dup, read, write
 
 from collections import deque
 
@@ -112,8 +112,10 @@ cdef Py_ssize_t _send_whole(int fd, const char *data, Py_ssize_t size) noexcept 
     return done
 
 
-cdef Batch *_new_batch(list fds, list payloads) except NULL:
-    """A batch of items pointing into ``payloads`` (which the caller keeps alive)."""
+cdef Batch *_new_batch(list fds, list payloads, bint duplicate=False) except NULL:
+    """A batch of items pointing into ``payloads`` (which the caller keeps alive), on ``fds``
+    or, with ``duplicate``, on a ``dup`` of each (-1 where none can be had: that send then
+    reports ``-EBADF``)."""
     cdef Py_ssize_t count = len(fds)
     cdef Py_ssize_t i
     cdef bytes payload
@@ -131,7 +133,7 @@ cdef Batch *_new_batch(list fds, list payloads) except NULL:
     batch.next = NULL
     for i in range(count):
         payload = payloads[i]
-        batch.items[i].fd = fds[i]
+        batch.items[i].fd = dup(fds[i]) if duplicate else fds[i]
         batch.items[i].data = PyBytes_AS_STRING(payload)
         batch.items[i].size = PyBytes_GET_SIZE(payload)
         batch.items[i].outcome = 0
@@ -197,10 +199,12 @@ cdef class SendQueue:
         pthread_cond_destroy(&self._wake)
         pthread_mutex_destroy(&self._lock)
 
-    def submit(self, list fds, list payloads):
+    def submit(self, list fds, list payloads, bint duplicate=False):
         """Queue one batch: ``payloads[i]`` (bytes) to be sent on descriptor ``fds[i]``, which
-        the thread closes after the send."""
-        cdef Batch *batch = _new_batch(fds, payloads)
+        the thread closes after the send. With ``duplicate`` the thread gets a ``dup`` of each
+        descriptor, taken here, and the caller keeps its own; an item that gets none (the
+        open-file limit) is reported ``-EBADF``."""
+        cdef Batch *batch = _new_batch(fds, payloads, duplicate)
         self._payloads.append(payloads)
         # The GIL stays held: the thread holds the lock only to queue or take a batch, never
         # while it sends, and releasing the GIL here would hand it to another thread for a while.

@@ -174,19 +174,20 @@ def error_response(app: App, error: V2Error) -> Response:
 
 
 class Proposal(Pending):
-    """One request on its way through the log; ``response()`` answers its event or error."""
+    """One request on its way through the log, and the node's waiter for it: settled with the
+    Event, the V2Error the store raised or why it failed; ``response()`` answers it."""
 
     __slots__ = ("app", "no_value")
 
-    def __init__(self, app: App, future: Any, no_value: bool) -> None:
-        super().__init__(future)
+    def __init__(self, app: App, no_value: bool) -> None:
+        super().__init__()
         self.app = app
         self.no_value = no_value
 
     def response(self) -> Response:
         app = self.app
         try:
-            event = self.future.result()
+            event = self.result()
         except V2Error as error:
             return error_response(app, error)
         except Exception as exc:  # a proposal that timed out or failed below the store
@@ -201,10 +202,12 @@ class Proposal(Pending):
 def propose(app: App, request: bytes, no_value: bool) -> Proposal | Response:
     """Send one request through the log; its answer comes with the ``Proposal`` (or at once,
     when this member is stopping)."""
+    proposal = Proposal(app, no_value)
     try:
-        return Proposal(app, app.node.submit_request(request), no_value)
+        app.node.submit_request(request, proposal)
     except V2Error as error:
         return error_response(app, error)
+    return proposal
 
 
 def read_form(req: Request) -> dict[str, str]:

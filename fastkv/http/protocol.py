@@ -539,18 +539,25 @@ class HttpProtocol(asyncio.Protocol):
             self.busy = True
         elif isinstance(result, Pending):
             self.busy = True
-            result.future.add_done_callback(partial(self._pending_done, req, result))
+            result.when_done(partial(self._pending_done, req, result))
         else:
             self.busy = True
             self.loop.create_task(self._answer_later(req, result))
 
-    def _pending_done(self, req: Request, pending: Pending, _future: Any) -> None:
+    def _pending_done(self, req: Request, pending: Pending) -> None:
+        """``pending`` is settled, for a proposal inside the node's apply: write the answer here
+        and leave whatever else the connection has to do to a later loop pass."""
         try:
             response = pending.response()
         except Exception:
             log.exception("request %s %s failed", req.method, req.path)
             response = INTERNAL_ERROR
-        self._complete(req, response)
+        self.busy = False
+        if self.closed:
+            return
+        self.send(req, response)
+        if self.queue or self.eof or self.failed is not None or self.read_paused:
+            self.loop.call_soon(self._drain)
 
     async def _answer_later(self, req: Request, work: Any) -> None:
         try:

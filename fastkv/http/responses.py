@@ -8,7 +8,9 @@ connection adds the status line, the CORS block, ``Date``, ``Content-Length`` an
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -30,19 +32,61 @@ __all__ = [
 ]
 
 Response = tuple[int, bytes, bytes]
+log = logging.getLogger("fastkv.http")
 
 
 class Pending:
-    """An answer that comes later, without a task: once ``future`` is done the connection calls
-    ``response()``, which must turn every outcome it expects into a ``Response``."""
+    """An answer that comes later, without a task or an asyncio future: whoever produces the
+    outcome settles it once (``set_result`` / ``set_exception``; later calls are ignored), which
+    runs the one callback registered with ``when_done`` right there, synchronously. The
+    connection then calls ``response()``, which must turn every outcome it expects into a
+    ``Response``. The callback runs inside the producer (for a proposal: the node's apply), so it
+    must do no more than write the answer."""
 
-    __slots__ = ("future",)
+    __slots__ = ("_callback", "_done", "_error", "_result")
 
-    def __init__(self, future: Any) -> None:
-        self.future = future
+    def __init__(self) -> None:
+        self._done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._callback: Callable[[], None] | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._settle(result, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(None, error)
+
+    def result(self) -> Any:
+        """The outcome: the result, or the exception raised here."""
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` once settled (at once when it is already)."""
+        if self._done:
+            callback()
+        else:
+            self._callback = callback
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done, self._result, self._error = True, result, error
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # the producer goes on with its other waiters
+                log.exception("answering a settled request failed")
 
     def response(self) -> Response:
         raise NotImplementedError
+
 
 _REASONS = {
     200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 400: "Bad Request",

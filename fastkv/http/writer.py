@@ -6,14 +6,16 @@ the loop: the first answer of a loop pass goes out at once through its transport
 waits for nothing); ``write`` gathers the others, and at the end of the pass they go to a compiled
 send queue whose thread sends them without the GIL while the loop goes on. Fewer than
 ``min_batch`` gathered answers are written on the loop; of a big batch (a watch fan-out) the loop
-sends half itself, with the GIL released, while the thread sends the other half.
+sends half itself, with the GIL released and on the sockets' own descriptors, while the thread
+sends the other half.
 
 Contract with a connection (``HttpProtocol``): while one of its answers is with the writer
 (``sending``) whatever else it writes waits, in order, and so does a close. The thread writes to
-a ``dup`` of the socket's descriptor, taken on the loop while the transport is open and closed by
-the thread after the send, so the socket outlives anything that happens to the connection
-meanwhile (a closed and reused descriptor would get another client's bytes). Where no duplicate
-can be had (the open-file limit), the answer goes through the transport. ``written(data, sent)``
+a ``dup`` of the socket's descriptor, taken by the queue on the loop while the transport is open
+and closed by the thread after the send, so the socket outlives anything that happens to the
+connection meanwhile (a closed and reused descriptor would get another client's bytes). Where no
+duplicate can be had (the open-file limit), the send reports ``-EBADF`` and the answer goes
+through the transport. ``written(data, sent)``
 runs on the loop once the thread is done (``sent`` bytes went out, or ``-errno``); the
 connection writes the rest through its transport.
 """
@@ -21,7 +23,6 @@ connection writes the rest through its transport.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections import deque
 from typing import Any, Protocol
@@ -69,38 +70,23 @@ class AnswerWriter:
     def _flush(self) -> None:
         self._pass_open = False
         batch, self._pass = self._pass, []
-        own: list[tuple[Connection, bytes]] = []
-        if len(batch) >= SPLIT_BATCH:
-            half = len(batch) // 2
-            own, batch = batch[:half], batch[half:]
-        few = len(batch) < self._min_batch
-        fds: list[int] = []
-        taken: list[tuple[Connection, bytes]] = []
-        for conn, data in batch:
-            fd = -1 if few else _duplicate(conn)
-            if fd < 0:
+        if len(batch) < self._min_batch:
+            for conn, data in batch:
                 conn.written(data, 0)  # nothing sent here: the connection writes it all
-            else:
-                fds.append(fd)
-                taken.append((conn, data))
-        if taken:
-            self._in_flight.append(taken)
-            self._started().submit(fds, [data for _, data in taken])
+            return
+        own = len(batch) // 2 if len(batch) >= SPLIT_BATCH else 0
+        theirs = _usable(batch[own:])
+        if theirs:
+            self._in_flight.append(theirs)
+            # The thread sends on duplicates, taken by the queue here (see the module doc).
+            fds, payloads = [conn.fd for conn, _ in theirs], [data for _, data in theirs]
+            self._started().submit(fds, payloads, duplicate=True)
         if own:
-            self._send_here(own)
-
-    def _send_here(self, batch: list[tuple[Connection, bytes]]) -> None:
-        """Send ``batch`` from the loop with the GIL released, on the sockets' own descriptors
-        (no duplicates: only this thread closes them, and it waits in ``send_now`` meanwhile)."""
-        taken: list[tuple[Connection, bytes]] = []
-        for conn, data in batch:
-            if _usable(conn):
-                taken.append((conn, data))
-            else:
-                conn.written(data, 0)
-        outcomes = send_now([conn.fd for conn, _ in taken], [data for _, data in taken], close_after=False)
-        for (conn, data), sent in zip(taken, outcomes, strict=True):
-            conn.written(data, sent)
+            mine = _usable(batch[:own])
+            # On the sockets' own descriptors: only this thread closes them, and it waits here.
+            outcomes = send_now([conn.fd for conn, _ in mine], [data for _, data in mine], close_after=False)
+            for (conn, data), sent in zip(mine, outcomes, strict=True):
+                conn.written(data, sent)
 
     def _started(self) -> SendQueue:
         if self._queue is None:
@@ -128,17 +114,13 @@ class AnswerWriter:
         self._queue = self._thread = None
 
 
-def _duplicate(conn: Connection) -> int:
-    """A duplicate of the connection's socket descriptor for the thread, or -1 (closing, or no
-    descriptor to spare)."""
-    if not _usable(conn):
-        return -1
-    try:
-        return os.dup(conn.fd)
-    except OSError:
-        return -1
-
-
-def _usable(conn: Connection) -> bool:
-    """Whether the connection's socket can take a send now: it has one and is not closing."""
-    return conn.fd >= 0 and not conn.transport.is_closing()
+def _usable(batch: list[tuple[Connection, bytes]]) -> list[tuple[Connection, bytes]]:
+    """The answers of ``batch`` whose socket can take a send now (it has a descriptor and is not
+    closing); each of the others is handed back to its connection to write."""
+    usable: list[tuple[Connection, bytes]] = []
+    for conn, data in batch:
+        if conn.fd >= 0 and not conn.transport.is_closing():
+            usable.append((conn, data))
+        else:
+            conn.written(data, 0)
+    return usable

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastkv import identity, metrics
 from fastkv._native.logstore import CorruptLogError, LogStore
@@ -124,8 +124,17 @@ class NodeConfig:
     join: bool = False
 
 
-# Waiters: proposal id (int) or ("conf", type, member id) -> (future, deadline on the monotonic clock)
+# Waiters: proposal id (int) or ("conf", type, member id) -> (waiter, deadline on the monotonic clock)
 _Key = Any
+
+
+class Waiter(Protocol):
+    """What a proposer waits on: an asyncio future, or anything settled the same way (such as
+    the HTTP front end's ``Pending`` answers, which answer right when settled)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, error: BaseException, /) -> None: ...
 
 
 class Node:
@@ -157,7 +166,7 @@ class Node:
         self.transport: Any = None
         self._members: list[Member] = []
         self._removed: set[int] = set()
-        self._waiters: dict[_Key, tuple[asyncio.Future[Any], float]] = {}
+        self._waiters: dict[_Key, tuple[Waiter, float]] = {}
         self._held: list[tuple[_Key, bytes | ConfChange]] = []  # dropped for want of a leader
         self._batch: list[tuple[_Key, bytes]] = []  # normal entries the next pass proposes
         self._heard: dict[int, float] = {}
@@ -602,26 +611,28 @@ class Node:
         event: Event = await self.submit_request(request)
         return event
 
-    def submit_request(self, request: bytes) -> asyncio.Future[Any]:
-        """``propose`` without a coroutine: the future gets the Event, or the V2Error the store
-        raised, or ``ProposalTimeout``. Raises V2Error (300) at once when stopping."""
+    def submit_request(self, request: bytes, waiter: Waiter | None = None) -> Waiter:
+        """``propose`` without a coroutine: the waiter (a new future when none is given) gets
+        the Event, or the V2Error the store raised, or ``ProposalTimeout``. Raises V2Error (300)
+        at once when stopping."""
         if self._stopping:
             raise V2Error(300, _STOPPED, 0)
-        return self._submit_request(request)
+        return self._submit_request(request, waiter)
 
     def _next_id(self) -> int:
         return next(self._ids) & 0xFFFFFFFFFFFFFFFF
 
-    def _submit_request(self, request: bytes) -> asyncio.Future[Any]:
+    def _submit_request(self, request: bytes, waiter: Waiter | None = None) -> Any:
         pid = self._next_id()
-        return self._submit(pid, TAG_REQUEST + _ID_STAMP.pack(pid, self.clock()) + request)
+        return self._submit(pid, TAG_REQUEST + _ID_STAMP.pack(pid, self.clock()) + request, waiter)
 
-    def _submit(self, key: _Key, payload: bytes | ConfChange) -> asyncio.Future[Any]:
-        loop = self._loop or asyncio.get_running_loop()  # the stored loop: no getpid() per call
-        future: asyncio.Future[Any] = loop.create_future()
-        self._waiters[key] = (future, time.monotonic() + self.config.proposal_timeout_s)
+    def _submit(self, key: _Key, payload: bytes | ConfChange, waiter: Waiter | None = None) -> Any:
+        if waiter is None:
+            loop = self._loop or asyncio.get_running_loop()  # the stored loop: no getpid() per call
+            waiter = loop.create_future()
+        self._waiters[key] = (waiter, time.monotonic() + self.config.proposal_timeout_s)
         self._propose(key, payload)
-        return future
+        return waiter
 
     def _propose(self, key: _Key, payload: bytes | ConfChange) -> None:
         """Hand a proposal to the core: a normal entry joins the batch the next pass of the
@@ -953,8 +964,8 @@ class Node:
         return self._submit(pid, TAG_MEMBER + _ID.pack(pid) + change)
 
 
-def _settle(future: asyncio.Future[Any] | None, result: Any) -> None:
-    """Resolve a proposer's future with a result or an exception, unless it is gone already."""
+def _settle(future: Waiter | None, result: Any) -> None:
+    """Resolve a proposer's waiter with a result or an exception, unless it is settled already."""
     if future is None or future.done():
         return
     if isinstance(result, BaseException):

@@ -70,20 +70,27 @@ class FakeNode:
     async def propose(self, request: bytes):  # type: ignore[no-untyped-def]
         return await self.submit_request(request)
 
-    def submit_request(self, request: bytes) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = (self.loop or asyncio.get_running_loop()).create_future()
+    def submit_request(self, request: bytes, waiter: Any = None) -> Any:
+        """Apply at once; ``waiter`` (a new future when None) is settled in a later loop pass,
+        as the node settles it once the entry is committed."""
+        loop = self.loop or asyncio.get_running_loop()
+        future = waiter if waiter is not None else loop.create_future()
+        outcome: Any
         if self.fail_proposals:
-            future.set_exception(TimeoutError("etcdserver: request timed out"))
-            return future
-        self.raft_index += 1
-        try:
-            event = self.store.apply(request, time.time_ns())
-        except V2Error as error:
-            future.set_exception(error)
-            return future
-        if event.action != "get":
-            self.hub.notify(event)
-        future.set_result(event)
+            outcome = TimeoutError("etcdserver: request timed out")
+        else:
+            self.raft_index += 1
+            try:
+                outcome = self.store.apply(request, time.time_ns())
+            except V2Error as error:
+                outcome = error
+            else:
+                if outcome.action != "get":
+                    self.hub.notify(outcome)
+        if isinstance(outcome, BaseException):
+            loop.call_soon(future.set_exception, outcome)
+        else:
+            loop.call_soon(future.set_result, outcome)
         return future
 
     def members(self) -> list[Member]:

@@ -137,6 +137,38 @@ def test_send_now_reports_like_the_queue() -> None:
             s.close()
 
 
+def test_submit_can_take_the_duplicates_itself(queue: SendQueue) -> None:
+    a, b = socket.socketpair()
+    try:
+        queue.submit([a.fileno(), a.fileno()], [b"one", b"two"], duplicate=True)
+        assert outcomes(queue, 1) == [[3, 3]]
+        assert read_exactly(b, 6) == b"onetwo"
+        os.fstat(a.fileno())  # the caller's own descriptor stays open
+    finally:
+        a.close()
+        b.close()
+
+
+def test_without_a_duplicate_to_spare_the_send_reports_ebadf(queue: SendQueue) -> None:
+    a, b = socket.socketpair()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor fits
+        queue.submit([a.fileno()], [b"lost"], duplicate=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert outcomes(queue, 1) == [[-errno.EBADF]]
+        os.fstat(a.fileno())
+        a.sendall(b"still")  # the socket itself is untouched
+        assert read_exactly(b, 5) == b"still"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_send_now_leaves_borrowed_descriptors_open() -> None:
     a, b = socket.socketpair()
     try:
