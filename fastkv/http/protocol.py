@@ -556,6 +556,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             return
         self.send(req, response)
+        self._drain_later()
+
+    def _drain_later(self) -> None:
+        """``_drain`` in a later loop pass, when there is anything for it to do."""
         if self.queue or self.eof or self.failed is not None or self.read_paused:
             self.loop.call_soon(self._drain)
 
@@ -677,7 +681,7 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
             return
         self.busy = False
-        self.loop.call_soon(self._drain)  # not from inside the hub's notify
+        self._drain_later()  # not from inside the hub's notify
 
     # -- Failure and closing ------------------------------------------------------------------
 
