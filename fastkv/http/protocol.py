@@ -24,6 +24,8 @@ from typing import Any
 import httptools
 
 from fastkv import metrics
+from fastkv._native.plainreq import MAX_BYTES as PLAIN_PUT_MAX
+from fastkv._native.plainreq import match_plain_put
 from fastkv.http.endpoints import dispatch
 from fastkv.http.form import FormError, path_unescape
 from fastkv.http.keys import KEYS_PREFIX, WATCHING, plain_get, plain_put, plain_read_flags
@@ -67,38 +69,10 @@ _HEADER_VALUE = rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?"
 _PLAIN_GET = re.compile(rb"GET /v2/keys((?:/(?!\.)[-\w.~]+)*)/?(?:\?([\w=&]*))? HTTP/1\.1\r\nHost: "
                         + _HEADER_VALUE
                         + rb"\r\n(?:(?:User-Agent|Accept|Accept-Encoding): " + _HEADER_VALUE + rb"\r\n)*\r\n")
-_PLAIN_GET_MAX = 4096  # bytes; far below every limit the parser enforces
-# One whole plain write: ``PUT`` of one key (no escapes, no ``.`` segment, no trailing slash, no
-# query) with a form body that is ``value=`` and characters that need no unescaping. Group 1 is
-# the key below /v2/keys, group 2 the header block (checked by ``plain_put_headers``), group 3
-# the value. Anything else takes the parser.
-_PLAIN_PUT = re.compile(rb"PUT /v2/keys((?:/(?!\.)[-\w.~]+)+) HTTP/1\.1\r\n((?:[-A-Za-z]+: " + _HEADER_VALUE
-                        + rb"\r\n)+)\r\nvalue=([-\w.~]*)")
-_PLAIN_PUT_HEADERS = frozenset((b"host", b"user-agent", b"accept", b"accept-encoding", b"content-type",
-                                b"content-length"))
+_PLAIN_GET_MAX = PLAIN_PUT_MAX  # bytes; far below every limit the parser enforces
 _FORM = b"application/x-www-form-urlencoded"
 _NO_FLAGS = (False, False)
 _PLAIN_STARTS = frozenset((b"GET /v2/keys", b"PUT /v2/keys"))
-
-
-def plain_put_headers(block: bytes, body_size: int) -> bool:
-    """Whether a header block (``Name: value\\r\\n`` lines) is one a plain write may carry: ``Host``,
-    ``Content-Type: application/x-www-form-urlencoded`` and ``Content-Length`` equal to
-    ``body_size`` (in its shortest form), each once, besides at most one each of
-    ``User-Agent``, ``Accept`` and ``Accept-Encoding``; nothing the answer depends on."""
-    seen: set[bytes] = set()
-    for line in block.split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b": ")
-        lower = name.lower()
-        if lower not in _PLAIN_PUT_HEADERS or lower in seen:
-            return False
-        seen.add(lower)
-        if lower == b"content-type":
-            if value != _FORM:
-                return False
-        elif lower == b"content-length" and value != b"%d" % body_size:
-            return False
-    return len(seen) >= 3 and b"host" in seen and b"content-type" in seen and b"content-length" in seen
 
 
 def _received(method: bytes) -> Any:
@@ -339,9 +313,9 @@ class HttpProtocol(asyncio.Protocol):
                         self._answer_plain_get(match[1], *flags)
                         return
             else:
-                match = _PLAIN_PUT.fullmatch(data)
-                if match is not None and plain_put_headers(match[2], len(match[3]) + 6):
-                    self._answer_plain_put(match[1], match[3])
+                plain = match_plain_put(data)
+                if plain is not None:
+                    self._answer_plain_put(*plain)
                     return
         if recovery.held is not None:
             self._reparse(recovery.held + data)
@@ -505,15 +479,14 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.send(Request(b"GET", KEYS_PREFIX + path[2:], b"", b"", None, None, True, "1.1"), response)
 
-    def _answer_plain_put(self, key: bytes, value: bytes) -> None:
-        """Answer a write that ``_PLAIN_PUT`` recognised as the parser and ``dispatch`` would:
-        counted, then ``keys.plain_put`` (``key`` is the URL path below ``/v2/keys``)."""
+    def _answer_plain_put(self, key: str, value: str) -> None:
+        """Answer a write that ``match_plain_put`` recognised as the parser and ``dispatch``
+        would: counted, then ``keys.plain_put`` (``key`` is the path below ``/v2/keys``)."""
         _received(b"PUT").inc()
-        path = "/1" + key.decode("ascii")
-        req = Request(b"PUT", KEYS_PREFIX + path[2:], b"", b"", _FORM, None, True, "1.1")
+        req = Request(b"PUT", KEYS_PREFIX + key, b"", b"", _FORM, None, True, "1.1")
         self.current = req
         try:
-            result: Any = plain_put(self.app, path, value.decode("ascii"))
+            result: Any = plain_put(self.app, "/1" + key, value)
         except Exception:
             log.exception("request PUT %s failed", req.path)
             result = INTERNAL_ERROR

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from fastkv import metrics
-from fastkv.http.protocol import _PLAIN_PUT, plain_put_headers
+from fastkv._native.plainreq import match_plain_put
 from tests.http.test_protocol import Client, parse_replies
 
 _DATE = re.compile(rb"Date: [^\r]*\r\n")
@@ -28,8 +28,7 @@ def _put(target: str, body: str, headers: str | None = None, extra: str = "") ->
 
 
 def _takes_shortcut(request: bytes) -> bool:
-    match = _PLAIN_PUT.fullmatch(request)
-    return match is not None and plain_put_headers(match[2], len(match[3]) + 6)
+    return match_plain_put(request) is not None
 
 
 @pytest.fixture
