@@ -87,6 +87,9 @@ class Event:
         body: bytes = b"",
         value: str | None = None,
     ) -> None: ...
+    def response(self, head: bytes, raft_index: int, raft_term: int, date: bytes) -> bytes:
+        """The complete HTTP answer: ``head``, ``X-Etcd-Index`` (``etcd_index``), ``X-Raft-Index``,
+        ``X-Raft-Term``, ``Date``, ``Content-Length`` and ``body``."""
 
 class EventHistory:
     """The last ``capacity`` events (contiguous indices), for ``waitIndex`` watches."""

@@ -8,7 +8,7 @@ expirations are absolute Unix nanoseconds (0 = permanent).
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
@@ -417,6 +417,30 @@ cdef Node _new_node(Node parent, str name, str value, bint is_dir, uint64_t inde
     return n
 
 
+cdef _Buf _ANSWER = _Buf()  # Event.response's buffer (the GIL keeps its users apart)
+
+
+cdef bytes _answer(_Buf out, bytes head, uint64_t etcd_index, uint64_t raft_index, uint64_t raft_term,
+                   bytes date, const char *body, Py_ssize_t body_size):
+    """``head``, the ``X-Etcd-Index``, ``X-Raft-Index``, ``X-Raft-Term``, ``Date`` and
+    ``Content-Length`` headers, a blank line and ``body``, assembled in ``out``."""
+    out.length = 0
+    out.put_bytes(head)
+    out.put(b"X-Etcd-Index: ", 14)
+    out.put_u64(etcd_index)
+    out.put(b"\r\nX-Raft-Index: ", 16)
+    out.put_u64(raft_index)
+    out.put(b"\r\nX-Raft-Term: ", 15)
+    out.put_u64(raft_term)
+    out.put(b"\r\nDate: ", 8)
+    out.put_bytes(date)
+    out.put(b"\r\nContent-Length: ", 18)
+    out.put_u64(body_size)
+    out.put(b"\r\n\r\n", 4)
+    out.put(body, body_size)
+    return out.take()
+
+
 @cython.final
 cdef class Event:
     """One store event; ``body`` is the complete response JSON plus newline, encoded once."""
@@ -438,9 +462,17 @@ cdef class Event:
     def __repr__(self):
         return f"<Event {self.action} {self.key} index={self.index}>"
 
+    def response(self, bytes head, uint64_t raft_index, uint64_t raft_term, bytes date):
+        """The complete HTTP answer to the request that made this event, as ``Store.get_response``
+        builds one: ``head``, ``X-Etcd-Index`` (``etcd_index``), ``X-Raft-Index``,
+        ``X-Raft-Term``, ``Date``, ``Content-Length`` and ``body``."""
+        return _answer(_ANSWER, head, self.etcd_index, raft_index, raft_term, date,
+                       PyBytes_AS_STRING(self.body), PyBytes_GET_SIZE(self.body))
+
     cdef list _state(self):
         return [self.action, self.key, self.index, self.etcd_index, self.is_dir, self.refresh,
                 self.created, list(self.removed), self.body, self.value]
+
 
 
 cdef Event _event_from_state(list s):
@@ -844,24 +876,10 @@ cdef class Store:
         the event's body. Counted and failing (V2Error) exactly as ``get``."""
         self._read(_clean(path), recursive, sorted, now_ns)
         cdef _Buf body = self._buf
-        cdef _Buf out = self._out
         body.put(b"}\n", 2)
-        out.length = 0
-        out.put_bytes(head)
-        out.put(b"X-Etcd-Index: ", 14)
-        out.put_u64(self.index)
-        out.put(b"\r\nX-Raft-Index: ", 16)
-        out.put_u64(raft_index)
-        out.put(b"\r\nX-Raft-Term: ", 15)
-        out.put_u64(raft_term)
-        out.put(b"\r\nDate: ", 8)
-        out.put_bytes(date)
-        out.put(b"\r\nContent-Length: ", 18)
-        out.put_u64(body.length)
-        out.put(b"\r\n\r\n", 4)
-        out.put(body.data, body.length)
+        answer = _answer(self._out, head, self.index, raft_index, raft_term, date, body.data, body.length)
         body.length = 0
-        return out.take()
+        return answer
 
     # --- writes -----------------------------------------------------------------------------
 

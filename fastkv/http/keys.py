@@ -30,7 +30,9 @@ from fastkv.http.form import FormError, is_form_content_type, parse_bool, parse_
 from fastkv.http.responses import JSON, App, Pending, Response, http_date, method_not_allowed
 
 if TYPE_CHECKING:
+    from fastkv._native.store import Event
     from fastkv.http.protocol import HttpProtocol, Request
+    from fastkv.server.raftnode import Waiter
 
 __all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "Proposal", "handle_keys", "internal_path",
            "parse_key_request", "plain_get", "plain_put", "plain_read_flags"]
@@ -188,15 +190,21 @@ class Proposal(Pending):
         app = self.app
         try:
             event = self.result()
-        except V2Error as error:
-            return error_response(app, error)
-        except Exception as exc:  # a proposal that timed out or failed below the store
-            log.warning("proposal failed: %r", exc)
-            return error_response(app, V2Error(300, str(exc) or _TIMEOUT_CAUSE, 0))
+        except Exception as exc:
+            return failure_response(app, exc)
         body = event.body
         if self.no_value and event.action in _NO_VALUE_ACTIONS:
             body = b'{"action":"%s"}\n' % event.action.encode()
         return (201 if event.created else 200), event_headers(app, event.etcd_index), body
+
+
+def failure_response(app: App, exc: Exception) -> Response:
+    """The answer to a write that did not apply: the store's V2Error, or etcd's error 300 for a
+    proposal that timed out or failed below the store."""
+    if isinstance(exc, V2Error):
+        return error_response(app, exc)
+    log.warning("proposal failed: %r", exc)
+    return error_response(app, V2Error(300, str(exc) or _TIMEOUT_CAUSE, 0))
 
 
 def propose(app: App, request: bytes, no_value: bool) -> Proposal | Response:
@@ -281,17 +289,30 @@ def plain_get(app: App, path: str, recursive: bool, sorted: bool) -> bytes | Res
     store = node.store
     store.auth_enabled()
     try:
-        return store.get_response(path, recursive, sorted, time.time_ns(), app.ok_json_head(),
+        return store.get_response(path, recursive, sorted, time.time_ns(), app.json_head(200),
                                   node.raft_index, node.raft_term, http_date())
     except V2Error as error:
         return error_response(app, error)
 
 
-def plain_put(app: App, path: str, value: str) -> Proposal | Response:
+def plain_put(app: App, path: str, value: str, waiter: Waiter) -> Response | None:
     """The hot path of writes: a ``PUT`` to the internal ``path`` whose form is ``value`` alone
-    (no query): what ``parse_key_request`` and ``encode_write`` make of it, a plain set."""
+    (no query), what ``parse_key_request`` and ``encode_write`` make of it: a plain set, proposed
+    with ``waiter``; or the answer at once when this member is stopping."""
     app.node.store.auth_enabled()
-    return propose(app, encode_request(OP_SET, path, value), False)
+    try:
+        app.node.submit_request(encode_request(OP_SET, path, value), waiter)
+    except V2Error as error:
+        return error_response(app, error)
+    return None
+
+
+def plain_put_answer(app: App, event: Event) -> bytes:
+    """The whole answer to a plain write that applied as ``event``: what the connection writes
+    for its ``Proposal``'s response."""
+    node = app.node
+    return event.response(app.json_head(201 if event.created else 200), node.raft_index, node.raft_term,
+                          http_date())
 
 
 def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | object:

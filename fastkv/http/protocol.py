@@ -28,7 +28,15 @@ from fastkv._native.plainreq import MAX_BYTES as PLAIN_PUT_MAX
 from fastkv._native.plainreq import match_plain_put
 from fastkv.http.endpoints import dispatch
 from fastkv.http.form import FormError, path_unescape
-from fastkv.http.keys import KEYS_PREFIX, WATCHING, plain_get, plain_put, plain_read_flags
+from fastkv.http.keys import (
+    KEYS_PREFIX,
+    WATCHING,
+    failure_response,
+    plain_get,
+    plain_put,
+    plain_put_answer,
+    plain_read_flags,
+)
 from fastkv.http.responses import (
     BAD_REQUEST,
     BODY_TOO_LARGE,
@@ -244,6 +252,30 @@ class ConnectionSet:
         for conn in list(self.connections):
             conn.abort("server shutting down")
         self.writer.close()
+
+
+class _PlainWrite:
+    """The node's waiter for one plain write: settled once, it has the connection answer."""
+
+    __slots__ = ("conn", "req", "settled")
+
+    def __init__(self, conn: HttpProtocol, req: Request) -> None:
+        self.conn = conn
+        self.req = req
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, event: Any) -> None:
+        if not self.settled:
+            self.settled = True
+            self.conn.plain_written(self.req, event, None)
+
+    def set_exception(self, error: Exception) -> None:
+        if not self.settled:
+            self.settled = True
+            self.conn.plain_written(self.req, None, error)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -481,16 +513,36 @@ class HttpProtocol(asyncio.Protocol):
 
     def _answer_plain_put(self, key: str, value: str) -> None:
         """Answer a write that ``match_plain_put`` recognised as the parser and ``dispatch``
-        would: counted, then ``keys.plain_put`` (``key`` is the path below ``/v2/keys``)."""
+        would: counted, then ``keys.plain_put`` (``key`` is the path below ``/v2/keys``), whose
+        answer ``_PlainWrite`` writes as soon as the node settles it."""
         _received(b"PUT").inc()
         req = Request(b"PUT", KEYS_PREFIX + key, b"", b"", _FORM, None, True, "1.1")
         self.current = req
         try:
-            result: Any = plain_put(self.app, "/1" + key, value)
+            refused = plain_put(self.app, "/1" + key, value, _PlainWrite(self, req))
         except Exception:
             log.exception("request PUT %s failed", req.path)
-            result = INTERNAL_ERROR
-        self._handle(req, result)
+            refused = INTERNAL_ERROR
+        if refused is None:
+            self.busy = True
+        else:
+            self.send(req, refused)
+
+    def plain_written(self, req: Request, event: Any, error: Exception | None) -> None:
+        """The plain write ``req`` applied as ``event`` (or failed with ``error``), inside the
+        node's apply: write the answer; whatever else the connection has to do waits."""
+        self.busy = False
+        if self.closed:
+            return
+        try:
+            if error is None:
+                self._write_answer(plain_put_answer(self.app, event))
+            else:
+                self.send(req, failure_response(self.app, error))
+        except Exception:
+            log.exception("request PUT %s failed", req.path)
+            self.send(req, INTERNAL_ERROR)
+        self._drain_later()
 
     def _answer(self, req: Request) -> None:
         """Answer ``req`` now, or start the work that will answer it (then ``busy``)."""

@@ -166,7 +166,7 @@ class App:
         self.settings = settings
         self._cluster_id = -1
         self._cluster_header = b""
-        self._ok_json_head = b""
+        self._json_heads: dict[int, bytes] = {}
         allowed = tuple(settings.cors)
         self.cors_any = "*" in allowed
         self.cors_origins = frozenset(o.encode() for o in allowed)
@@ -185,16 +185,17 @@ class App:
         if cluster_id != self._cluster_id:
             self._cluster_id = cluster_id
             self._cluster_header = b"X-Etcd-Cluster-Id: %x\r\n" % cluster_id
-            self._ok_json_head = b""
+            self._json_heads = {}
         return self._cluster_header
 
-    def ok_json_head(self) -> bytes:
-        """The start of a 200 JSON answer to an HTTP/1.1 request without ``Origin``: status line,
-        CORS block, ``Content-Type`` and ``X-Etcd-Cluster-Id`` (rebuilt when the cluster id changes)."""
+    def json_head(self, status: int) -> bytes:
+        """The start of a JSON answer with ``status`` to an HTTP/1.1 request without ``Origin``:
+        status line, CORS block, ``Content-Type`` and ``X-Etcd-Cluster-Id`` (rebuilt when the
+        cluster id changes)."""
         cluster = self.cluster_header()
-        head = self._ok_json_head
-        if not head:
-            head = self._ok_json_head = status_line(200) + self.cors_headers(None) + JSON + cluster
+        head = self._json_heads.get(status)
+        if head is None:
+            head = self._json_heads[status] = status_line(status) + self.cors_headers(None) + JSON + cluster
         return head
 
     def json_message(self, status: int, message: str) -> Response:
