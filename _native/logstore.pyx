@@ -32,12 +32,20 @@ while a write syncs, so a worker thread can sync while the event loop keeps runn
 another thread see either the old or the new tail, never a mix.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.errno cimport EINTR, errno
+from posix.types cimport off_t
+from posix.unistd cimport pwrite
+
 import logging
 import os
 import struct
 import zlib
 
 import lmdb
+
+cdef extern from "<unistd.h>" nogil:
+    int _fdatasync "fdatasync"(int fd)
 
 log = logging.getLogger("fastkv.log")
 
@@ -312,17 +320,33 @@ cdef class LogStore:
             self._hard_state = hard
 
     cdef void _write_wal(self, bytes record) except *:
-        cdef Py_ssize_t written
-        try:
-            written = os.pwrite(self._wal_fd, record, self._wal_offset)
-            if written != len(record):
-                raise LogFullError(f"short write to the write-ahead file ({written} of {len(record)} bytes)")
-            os.fdatasync(self._wal_fd)
-        except OSError as exc:
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise LogFullError(f"the disk is full: {exc}") from None
-            raise
-        self._wal_offset += len(record)
+        """Write ``record`` at the current offset and ``fdatasync``, both with the GIL released
+        once: a thread that syncs while the event loop runs waits for the GIL once, not twice."""
+        cdef const char *data = PyBytes_AS_STRING(record)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(record)
+        cdef Py_ssize_t written = 0
+        cdef ssize_t n = 0
+        cdef int failed = 0, fd = self._wal_fd
+        cdef off_t offset = self._wal_offset
+        with nogil:
+            while written < size:
+                n = pwrite(fd, data + written, size - written, offset + written)
+                if n > 0:
+                    written += n
+                elif n < 0 and errno == EINTR:
+                    continue
+                else:
+                    failed = errno if n < 0 else 0
+                    break
+            if written == size and _fdatasync(fd) != 0:
+                failed = errno
+        if failed in (28, 122):  # ENOSPC, EDQUOT
+            raise LogFullError(f"the disk is full: {os.strerror(failed)}")
+        if failed:
+            raise OSError(failed, os.strerror(failed), WAL_NAME)
+        if written != size:
+            raise LogFullError(f"short write to the write-ahead file ({written} of {size} bytes)")
+        self._wal_offset += size
 
     cdef void _add_to_tail(self, unsigned long long start, list entries) except *:
         """Put ``entries`` (from ``start``, after ``_flushed``) in the tail, replacing what they

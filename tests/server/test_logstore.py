@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -143,6 +144,31 @@ def test_a_full_map_is_a_clear_error_and_keeps_the_log(tmp_path: Path) -> None:
     log.append(entries(3, 4), None)
     assert log.entries(1, 4) == entries(1, 4)
     log.close()
+
+
+def test_a_full_disk_under_the_write_ahead_file_is_a_clear_error_and_keeps_the_log(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 3), (1, 0, 2))
+    wal = str((tmp_path / "log" / "wal").resolve())
+    fd = next(int(n) for n in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{n}") == wal)
+    kept = os.dup(fd)
+    full = os.open("/dev/full", os.O_WRONLY)  # every write there fails with ENOSPC
+    os.dup2(full, fd)
+    os.close(full)
+    try:
+        with pytest.raises(LogFullError, match="disk is full"):
+            log.append(entries(3, 5), (1, 0, 4))
+        assert (log.last_index, log.hard_state) == (2, (1, 0, 2))
+    finally:
+        os.dup2(kept, fd)
+        os.close(kept)
+    log.append(entries(3, 4), (1, 0, 3))
+    assert log.entries(1, 4) == entries(1, 4)
+    log.close()
+    reopened = LogStore(str(tmp_path / "log"))
+    assert reopened.entries(1, 4) == entries(1, 4)
+    assert reopened.hard_state == (1, 0, 3)
+    reopened.close()
 
 
 # -- the write-ahead file: what a crash (no close) leaves is replayed --------------------------
