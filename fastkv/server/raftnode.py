@@ -228,10 +228,12 @@ class Node:
         lo, last = self.applied_index + 1, self.log.last_index
         while lo <= last:  # every entry is read (CRC-checked); the committed ones are applied
             hi = min(lo + REPLAY_CHUNK, last + 1)
+            applied = self.applied_index
             for t in self.log.entries(lo, hi):
                 if t[0] <= commit:
                     e = from_log(t)
                     self._apply_entry(e.index, e.term, e.type, e.data)
+            metrics.proposals_applied.inc(self.applied_index - applied)
             lo = hi
         self.storage.commit_floor = self.applied_index
 
@@ -584,9 +586,11 @@ class Node:
             self._restore(rd.snapshot)
             self._sync_peers()
             log.info("applied the leader's snapshot at index %d", rd.snapshot.index)
+        applied = self.applied_index
         for e in rd.committed_entries:
             if e.index > self.applied_index:
                 self._apply_entry(e.index, e.term, e.type, e.data)
+        metrics.proposals_applied.inc(self.applied_index - applied)
         metrics.proposals_pending.set(len(self._waiters))
 
     def _repropose_held(self) -> None:
@@ -671,7 +675,8 @@ class Node:
     # ------------------------------------------------------------------ applying
 
     def _apply_entry(self, index: int, term: int, etype: int, data: bytes) -> None:
-        """Apply one committed entry and answer its proposer, if it waits here."""
+        """Apply one committed entry and answer its proposer, if it waits here (the caller
+        counts the entries applied)."""
         if etype == EntryConfChange:
             cc = ConfChange.decode(data)
             self._resolve(("conf", cc.type, cc.node_id), self._apply_conf_change(cc))
@@ -687,7 +692,6 @@ class Node:
                 result = self._apply_member_entry(data[9:])
             self._resolve(pid, result)
         self.applied_index, self.applied_term = index, term
-        metrics.proposals_applied.inc()
 
     def _apply_request(self, data: bytes) -> Event | V2Error:
         try:
@@ -695,7 +699,7 @@ class Node:
         except V2Error as error:
             return error
         if event.action != "get":
-            self._notify_all([event])
+            self._notify(event)
         return event
 
     def _apply_member_entry(self, change: bytes) -> Any:
@@ -761,13 +765,16 @@ class Node:
 
     def _notify_all(self, events: list[Event]) -> list[Event]:
         for event in events:
-            try:
-                self.hub.notify(event)
-            except Exception:  # a broken watcher must not stall the log
-                log.exception("notifying watchers of index %d failed", event.index)
-            if event.key.startswith("/0/"):
-                self._member_changed(event.key)
+            self._notify(event)
         return events
+
+    def _notify(self, event: Event) -> None:
+        try:
+            self.hub.notify(event)
+        except Exception:  # a broken watcher must not stall the log
+            log.exception("notifying watchers of index %d failed", event.index)
+        if event.key.startswith("/0/"):
+            self._member_changed(event.key)
 
     def _member_changed(self, key: str) -> None:
         changed = membership.changed_member(key)
