@@ -29,10 +29,12 @@ it as an extra.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+from fleetd.files import write_atomically
 from fleetd.unit import UnitFile
 
 
@@ -124,10 +126,32 @@ class HeldUnit(Protocol):
 
 
 class UnitTable:
-    """``states`` and ``units`` of a runtime that keeps its loaded units in ``_units`` (the built-in
-    supervisor and the docker runtime)."""
+    """What the runtimes that run units from this process (the built-in supervisor and the docker
+    runtime) share: loaded units in ``_units``, each unit file also kept under
+    ``state_dir/units/<name>`` so that a later process finds it (``_restore``), and ``load``,
+    ``unload``, ``states`` and ``units`` over them. A runtime provides ``_register`` (make a
+    unit file known), ``_restore`` (register one left in the state dir, None when there is none),
+    ``stop``, ``_ensure_running`` (its background task) and ``_forget`` (what else goes with an
+    unloaded unit)."""
 
-    _units: Mapping[str, HeldUnit]
+    _units: MutableMapping[str, HeldUnit]
+    state_dir: Path
+
+    async def load(self, name: str, unit: UnitFile) -> None:
+        """Make ``unit`` known as ``name`` and record it in the state dir (see ``UnitRuntime``)."""
+        self._ensure_running()
+        write_atomically(self.state_dir / "units" / name, unit.text)
+        self._register(name, unit)
+
+    async def unload(self, name: str) -> None:
+        """Stop ``name`` (waiting), then forget it and remove its unit file; unknown names are ignored."""
+        unit = self._units.get(name) or self._restore(name)
+        if unit is None:
+            return
+        await self.stop(name)
+        self._units.pop(name, None)
+        (self.state_dir / "units" / name).unlink(missing_ok=True)
+        self._forget(unit)
 
     async def states(self, names: Iterable[str] | None = None) -> dict[str, UnitRuntimeState]:
         """The state of each name in ``names`` (every loaded unit for None); ``NOT_FOUND`` if unknown."""
@@ -137,3 +161,25 @@ class UnitTable:
     async def units(self) -> dict[str, str]:
         """Loaded unit name -> SHA-1 of its unit file."""
         return {name: unit.unit_file.hash.hex for name, unit in self._units.items()}
+
+    async def stop(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _require(self, name: str) -> Any:
+        """The loaded (or restorable) unit ``name``; ``UnitRuntimeError`` when there is none."""
+        unit = self._units.get(name) or self._restore(name)
+        if unit is None:
+            raise UnitRuntimeError(f"Unit {name} not found.")
+        return unit
+
+    def _register(self, name: str, unit_file: UnitFile) -> Any:
+        raise NotImplementedError
+
+    def _restore(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def _ensure_running(self) -> None:
+        raise NotImplementedError
+
+    def _forget(self, unit: Any) -> None:
+        raise NotImplementedError

@@ -364,25 +364,9 @@ class DockerRuntime(UnitTable):
     # ---------------------------------------------------------------------------------------------
     # The runtime interface
 
-    async def load(self, name: str, unit: UnitFile) -> None:
-        """Make ``unit`` known as ``name`` (``bad-setting`` when it cannot run as a container)."""
-        self._ensure_collector()
-        write_atomically(self.state_dir / "units" / name, unit.text)
-        self._register(name, unit)
-
-    async def unload(self, name: str) -> None:
-        """Stop ``name`` (removing its containers), then forget it; unknown names are ignored."""
-        unit = self._units.get(name) or self._restore(name)
-        if unit is None:
-            return
-        await self.stop(name)
-        self._units.pop(name, None)
-        (self.state_dir / "units" / name).unlink(missing_ok=True)
-        self._record_path(name).unlink(missing_ok=True)
-
     async def start(self, name: str) -> None:
         """Queue a start (see ``UnitRuntime``); during ``auto-restart`` restart at once."""
-        self._ensure_collector()
+        self._ensure_running()
         unit = self._require(name)
         if unit.spec is None:
             raise UnitRuntimeError(f"Unit {name} has a bad unit file setting: {unit.load_error}")
@@ -475,7 +459,7 @@ class DockerRuntime(UnitTable):
                 unit.result = ServiceResult.EXIT_CODE
                 self._set_state(unit, "failed", "failed")
         await self.collect()
-        self._ensure_collector()
+        self._ensure_running()
         return sorted(adopted)
 
     async def collect(self) -> list[Container]:
@@ -499,12 +483,6 @@ class DockerRuntime(UnitTable):
 
     # ---------------------------------------------------------------------------------------------
     # Units and records
-
-    def _require(self, name: str) -> _Unit:
-        unit = self._units.get(name) or self._restore(name)
-        if unit is None:
-            raise UnitRuntimeError(f"Unit {name} not found.")
-        return unit
 
     def _register(self, name: str, unit_file: UnitFile) -> _Unit:
         spec, error = self._parse(name, unit_file)
@@ -892,7 +870,10 @@ class DockerRuntime(UnitTable):
         except DockerError as err:
             self._log(unit, f"{unit.name}: Cannot remove containers: {err}")
 
-    def _ensure_collector(self) -> None:
+    def _forget(self, unit: _Unit) -> None:
+        self._record_path(unit.name).unlink(missing_ok=True)
+
+    def _ensure_running(self) -> None:
         if self._collector is None or self._collector.done():
             self._collector = asyncio.ensure_future(self._collect_forever())
 

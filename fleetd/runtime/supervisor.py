@@ -254,26 +254,9 @@ class Supervisor(UnitTable):
     # ---------------------------------------------------------------------------------------------
     # The runtime interface
 
-    async def load(self, name: str, unit: UnitFile) -> None:
-        """Make ``unit`` known as ``name`` and record it in the state dir (see ``UnitRuntime``)."""
-        self._ensure_pump()
-        write_atomically(self.state_dir / "units" / name, unit.text)
-        self._register(name, unit)
-
-    async def unload(self, name: str) -> None:
-        """Stop ``name`` (waiting), then forget it and remove its unit file; unknown names are ignored."""
-        unit = self._units.get(name) or self._restore(name)
-        if unit is None:
-            return
-        await self.stop(name)
-        self._cancel_watch(unit)
-        self._units.pop(name, None)
-        (self.state_dir / "units" / name).unlink(missing_ok=True)
-        self._notify_changed()
-
     async def start(self, name: str) -> None:
         """Queue a start job (see ``UnitRuntime``); adopts the unit's live processes instead, if any."""
-        self._ensure_pump()
+        self._ensure_running()
         unit = self._require(name)
         if unit.spec is None:
             raise UnitRuntimeError(f"Unit {name} has a bad unit file setting: {unit.load_error}")
@@ -403,7 +386,7 @@ class Supervisor(UnitTable):
     async def adopt(self) -> list[str]:
         """Reload the unit files recorded in the state dir and take over every unit whose processes
         survived (see the module docstring). Returns the names of the units taken over, sorted."""
-        self._ensure_pump()
+        self._ensure_running()
         adopted = []
         for path in sorted((self.state_dir / "units").iterdir()):
             if path.suffix == ".tmp":
@@ -447,12 +430,6 @@ class Supervisor(UnitTable):
     # ---------------------------------------------------------------------------------------------
     # Units, states and records
 
-    def _require(self, name: str) -> _Unit:
-        unit = self._units.get(name) or self._restore(name)
-        if unit is None:
-            raise UnitRuntimeError(f"Unit {name} not found.")
-        return unit
-
     def _register(self, name: str, unit_file: UnitFile) -> _Unit:
         spec, error = self._parse(name, unit_file)
         existing = self._units.get(name)
@@ -494,6 +471,10 @@ class Supervisor(UnitTable):
         unit.active_state, unit.sub_state = active, sub
         unit.history.append((active, sub))
         self._save_record(unit)
+        self._notify_changed()
+
+    def _forget(self, unit: _Unit) -> None:
+        self._cancel_watch(unit)
         self._notify_changed()
 
     def _notify_changed(self) -> None:
@@ -581,7 +562,7 @@ class Supervisor(UnitTable):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(unit.driver)
 
-    def _ensure_pump(self) -> None:
+    def _ensure_running(self) -> None:
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = asyncio.ensure_future(self._pump_forever())
 
