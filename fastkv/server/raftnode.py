@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastkv import identity, metrics
+from fastkv._native.applier import apply_requests
 from fastkv._native.logstore import CorruptLogError, LogStore
 from fastkv._native.raft import (
     STATE_NAMES,
@@ -587,9 +588,21 @@ class Node:
             self._sync_peers()
             log.info("applied the leader's snapshot at index %d", rd.snapshot.index)
         applied = self.applied_index
-        for e in rd.committed_entries:
-            if e.index > self.applied_index:
-                self._apply_entry(e.index, e.term, e.type, e.data)
+        entries = rd.committed_entries
+        at = 0
+        while at < len(entries):
+            # Runs of store requests are applied in compiled code; anything else here.
+            at, index, term, member_key = apply_requests(self.store, self.hub, self._waiters, entries, at,
+                                                         self.applied_index)
+            if index > self.applied_index:
+                self.applied_index, self.applied_term = index, term
+            if member_key is not None:
+                self._member_changed(member_key)
+            elif at < len(entries):
+                e = entries[at]
+                at += 1
+                if e.index > self.applied_index:
+                    self._apply_entry(e.index, e.term, e.type, e.data)
         metrics.proposals_applied.inc(self.applied_index - applied)
         metrics.proposals_pending.set(len(self._waiters))
 

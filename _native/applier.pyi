@@ -1,0 +1,17 @@
+"""The node's hot loop in compiled code: applying a run of committed store requests (see the
+module's documentation for the contract)."""
+
+from typing import Any
+
+from fastkv._native.raft import Entry
+from fastkv._native.store import Store
+from fastkv._native.watch import WatchHub
+
+def apply_requests(
+    store: Store,
+    hub: WatchHub,
+    waiters: dict[Any, tuple[Any, float]],
+    entries: list[Entry],
+    start: int,
+    applied_index: int,
+) -> tuple[int, int, int, str | None]: ...
