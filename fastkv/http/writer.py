@@ -27,7 +27,7 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
-from fastkv._native.sendq import SendQueue, send_now
+from fastkv._native.ioqueue import SendQueue, send_now
 
 MIN_BATCH = 4  # fewer answers in a loop pass: written on the loop
 SPLIT_BATCH = 128  # from this many (a watch fan-out), the loop sends half itself, in parallel

@@ -1,5 +1,6 @@
-"""The compiled send queue over real sockets: order, outcomes, a full socket, a closed peer; it
-closes the descriptors handed to it (duplicates of the sockets' own)."""
+"""The compiled I/O queues. The send queue over real sockets: order, outcomes, a full socket, a
+closed peer; it closes the descriptors handed to it (duplicates of the sockets' own). The sync
+queue over a real file: offsets, one sync per group, a sticky failure."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fastkv._native.sendq import SendQueue, send_now
+from fastkv._native.ioqueue import SendQueue, SyncQueue, send_now
 
 
 @pytest.fixture
@@ -27,9 +30,9 @@ def queue() -> Iterator[SendQueue]:
     assert not thread.is_alive()
 
 
-def outcomes(q: SendQueue, batches: int) -> list[list[int]]:
+def outcomes(q: SendQueue | SyncQueue, batches: int) -> list[Any]:
     """Wait on ``event_fd`` until ``batches`` batches are collected."""
-    got: list[list[int]] = []
+    got: list[Any] = []
     while len(got) < batches:
         assert select.select([q.event_fd], [], [], 5)[0], "the queue never signalled"
         got += q.collect()
@@ -195,3 +198,61 @@ def test_the_descriptors_handed_over_are_closed_after_their_send(queue: SendQueu
     finally:
         a.close()
         b.close()
+
+
+# -- the sync queue: records written at their offsets, synced a group at a time -----------------
+
+@pytest.fixture
+def wal(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "wal", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, 1 << 16)
+    yield fd
+    os.close(fd)
+
+
+def serving(queue: SyncQueue) -> threading.Thread:
+    thread = threading.Thread(target=queue.serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_records_land_at_their_offsets_and_one_sync_serves_a_group(wal: int) -> None:
+    queue = SyncQueue(wal)
+    records = [(i * 100, b"record %d" % i) for i in range(10)]
+    for offset, record in records:  # all queued before the thread starts: it takes them together
+        queue.submit(offset, record)
+    thread = serving(queue)
+    try:
+        got = outcomes(queue, 10)
+    finally:
+        queue.stop()
+        thread.join(timeout=5)
+    assert [outcome for outcome, _ in got] == [0] * 10
+    assert [seconds > 0 for _, seconds in got] == [False] * 9 + [True]  # one group, one sync
+    for offset, record in records:
+        assert os.pread(wal, len(record), offset) == record
+
+
+def test_a_failure_is_sticky_until_reset(wal: int) -> None:
+    queue = SyncQueue(wal)
+    thread = serving(queue)
+    kept = os.dup(wal)
+    full = os.open("/dev/full", os.O_WRONLY)  # every write there fails with ENOSPC
+    try:
+        os.dup2(full, wal)
+        queue.submit(0, b"lost")
+        assert outcomes(queue, 1)[0][0] == -errno.ENOSPC
+        os.dup2(kept, wal)  # the disk has room again, but the queue does not write behind a failure
+        queue.submit(0, b"still not written")
+        assert outcomes(queue, 1)[0][0] == -errno.ENOSPC
+        assert os.pread(wal, 4, 0) == b"\0" * 4
+        queue.reset()
+        queue.submit(0, b"written")
+        assert outcomes(queue, 1)[0][0] == 0
+        assert os.pread(wal, 7, 0) == b"written"
+    finally:
+        os.close(full)
+        os.close(kept)
+        queue.stop()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
