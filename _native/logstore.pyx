@@ -285,39 +285,111 @@ cdef class LogStore:
         on are replaced (a Raft log truncated at a conflict). Raises ``LogFullError`` when the map
         or the disk is full; nothing of the append is kept then.
         """
-        cdef unsigned long long start = 0, expect = 0
+        cdef unsigned long long start
         cdef tuple hard = None if hard_state is None else tuple(hard_state)
         if not entries and hard is None:
             return
-        if entries:
-            start = entries[0][0]
-            if start < self.first_index or start > self.last_index + 1:
-                raise ValueError(f"append at {start} leaves a gap or rewrites compacted entries "
-                                 f"(log holds {self.first_index}..{self.last_index})")
-            expect = start
-            normal = []
-            for index, term, etype, data in entries:
-                if index != expect:
-                    raise ValueError(f"entries are not consecutive: {index} after {expect - 1}")
-                expect += 1
-                normal.append((index, term, etype, bytes(data)))
-            entries = normal
-        else:
-            start = self.last_index + 1
+        self._not_staged("append")
+        start, entries = self._checked(entries, self.last_index)
         if entries and start <= self._flushed:  # a conflict below the tail: rewrite LMDB
             self._checkpoint(start, entries, hard)
             return
         payload = _wal_payload(start, entries, hard)
-        size = len(payload) + _WAL_HEAD.size
-        if (size > self._direct_bytes or self._wal_offset + size > WAL_BYTES
-                or len(self._tail) + len(entries) > CHECKPOINT_ENTRIES):
+        if self._new_pass or not self._fits(len(payload) + _WAL_HEAD.size, len(entries)):
             self._checkpoint(start, entries, hard)  # tail and this append: one LMDB transaction
             return
         self._write_wal(_wal_record(payload, self._salt))
+        self._add(start, entries, hard)
+
+    def stage(self, list entries, hard_state=None):
+        """The first half of an ``append`` that the write-ahead file takes as one record, for a
+        writer on another thread (``SyncQueue`` on ``wal_fd``): checked and encoded here, then
+        written at its offset and synced there, then ``commit``-ted here, in staging order.
+        ``entries`` must follow the last one staged (or the log's last, when none is).
+
+        Returns ``(offset, record, token)``, or None when this append needs ``append`` (it
+        rewrites entries, is too large, the file or the tail would be full, a new pass is due):
+        then only once every staged record is committed or abandoned. ``last_index`` and the
+        tail change only at ``commit``."""
+        cdef unsigned long long start
+        cdef tuple hard = None if hard_state is None else tuple(hard_state)
+        cdef bytes record
+        cdef long long offset = self._wal_offset + self._staged_bytes
+        if not entries and hard is None:
+            raise ValueError("nothing to stage")
+        if self._new_pass or (entries and entries[0][0] != self._staged_last() + 1):
+            return None
+        start, entries = self._checked(entries, self._staged_last())
+        record = _wal_record(_wal_payload(start, entries, hard), self._salt)
+        if not self._fits(len(record), self._staged_entries + len(entries)):
+            return None
+        self._staged_bytes += len(record)
+        self._staged_entries += len(entries)
+        self._staged_count += 1
+        if entries:
+            self._staged_to = start + len(entries) - 1
+        return offset, record, (start, entries, hard, len(record))
+
+    def commit(self, tuple token):
+        """The oldest staged record (``token`` from ``stage``) is written and synced: its entries
+        join the log and its hard state is the saved one."""
+        start, entries, hard, size = token
+        self._staged_bytes -= size
+        self._staged_entries -= len(entries)
+        self._staged_count -= 1
+        self._wal_offset += size
+        self._add(start, entries, hard)
+
+    def abandon(self):
+        """No staged record counts any more (a write or sync failed, or will not be waited
+        for): forget them all, and start a new pass before the file is written again."""
+        self._staged_bytes = self._staged_entries = self._staged_count = 0
+        self._new_pass = True
+
+    @property
+    def wal_fd(self):
+        """The write-ahead file's descriptor, for the writer of staged records."""
+        return self._wal_fd
+
+    cdef unsigned long long _staged_last(self):
+        return self._staged_to if self._staged_count else self.last_index
+
+    cdef tuple _checked(self, list entries, unsigned long long last):
+        """``(start, entries)``: where ``entries`` start (after ``last`` when there are none)
+        and the entries as tuples of bytes, checked to be consecutive and to start within
+        ``first_index .. last + 1``."""
+        cdef unsigned long long start, expect
+        if not entries:
+            return last + 1, entries
+        start = entries[0][0]
+        if start < self.first_index or start > last + 1:
+            raise ValueError(f"append at {start} leaves a gap or rewrites compacted entries "
+                             f"(log holds {self.first_index}..{last})")
+        expect = start
+        normal = []
+        for index, term, etype, data in entries:
+            if index != expect:
+                raise ValueError(f"entries are not consecutive: {index} after {expect - 1}")
+            expect += 1
+            normal.append((index, term, etype, bytes(data)))
+        return start, normal
+
+    cdef bint _fits(self, Py_ssize_t record_size, Py_ssize_t new_entries):
+        """Whether a record of ``record_size`` bytes bringing ``new_entries`` more (beyond what
+        is staged) still goes to the write-ahead file rather than into LMDB."""
+        return (record_size <= self._direct_bytes
+                and self._wal_offset + self._staged_bytes + record_size <= WAL_BYTES
+                and len(self._tail) + new_entries <= CHECKPOINT_ENTRIES)
+
+    cdef void _add(self, unsigned long long start, list entries, tuple hard) except *:
         if entries:
             self._add_to_tail(start, entries)
         if hard is not None:
             self._hard_state = hard
+
+    cdef void _not_staged(self, str what) except *:
+        if self._staged_count:
+            raise RuntimeError(f"{what} while {self._staged_count} staged records are not committed")
 
     cdef void _write_wal(self, bytes record) except *:
         """Write ``record`` at the current offset and ``fdatasync``, both with the GIL released
@@ -340,6 +412,8 @@ cdef class LogStore:
                     break
             if written == size and _fdatasync(fd) != 0:
                 failed = errno
+        if failed or written != size:
+            self._new_pass = True  # bytes of this record may be on disk: never write behind them
         if failed in (28, 122):  # ENOSPC, EDQUOT
             raise LogFullError(f"the disk is full: {os.strerror(failed)}")
         if failed:
@@ -363,6 +437,7 @@ cdef class LogStore:
         """One synced LMDB transaction: the tail (up to ``start`` when ``entries`` replace the
         rest), ``entries``, the hard state and a new salt; the file starts a new pass. LMDB is
         truncated at ``start`` when ``entries`` begin at or below ``_flushed``."""
+        self._not_staged("a checkpoint")
         cdef list tail = self._tail
         cdef unsigned long long flushed = self._flushed, last = self.last_index
         cdef unsigned long long salt = _new_salt()
@@ -394,6 +469,7 @@ cdef class LogStore:
         self._flushed = self.last_index = last
         self._salt = salt
         self._wal_offset = 0
+        self._new_pass = False
         self._hard_state = hs
 
     cdef void _flush(self) except *:
@@ -489,6 +565,7 @@ cdef class LogStore:
         cdef unsigned long long i
         cdef unsigned long long salt = _new_salt()
         cdef tuple hs = self._hard_state if hard_state is None else tuple(hard_state)
+        self._not_staged("a reset")
         try:
             with self._env.begin(write=True) as txn:
                 for i in range(self.first_index, self._flushed + 1):
@@ -502,6 +579,7 @@ cdef class LogStore:
         self._flushed = index
         self._salt = salt
         self._wal_offset = 0
+        self._new_pass = False
         self.compacted_index = index
         self.compacted_term = term
         self.first_index = index + 1

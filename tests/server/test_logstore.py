@@ -264,3 +264,82 @@ def test_many_appends_move_into_lmdb_and_read_back(tmp_path: Path) -> None:
     log = LogStore(str(tmp_path / "log"))
     assert (log.first_index, log.last_index, log.hard_state) == (15_001, 20_000, (1, 0, 19_951))
     log.close()
+
+
+# -- staged appends: encoded here, written and synced by another writer, committed here ---------
+
+def _write(log: LogStore, staged: tuple[int, bytes, tuple[object, ...]]) -> None:
+    """What the sync queue does with a staged record: write it at its offset and sync."""
+    offset, record, _ = staged
+    os.pwrite(log.wal_fd, record, offset)
+    os.fdatasync(log.wal_fd)
+
+
+def test_staged_records_follow_each_other_and_count_once_committed(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 3), (1, 0, 2))
+    first = log.stage(entries(3, 5), (1, 0, 4))
+    second = log.stage(entries(5, 6), None)
+    third = log.stage([], (2, 7, 5))  # a hard state alone
+    assert first is not None and second is not None and third is not None
+    assert second[0] == first[0] + len(first[1]) and third[0] == second[0] + len(second[1])
+    assert log.last_index == 2  # nothing counts before its commit
+    for staged in (first, second, third):
+        _write(log, staged)
+        log.commit(staged[2])
+    assert log.entries(1, 6) == entries(1, 6)
+    assert log.hard_state == (2, 7, 5)
+    log.append(entries(6, 7), None)  # appends go on after the staged records
+    log.close()
+    reopened = LogStore(str(tmp_path / "log"))
+    assert reopened.entries(1, 7) == entries(1, 7)
+    assert reopened.hard_state == (2, 7, 5)
+    reopened.close()
+
+
+def test_what_staging_leaves_to_append(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 5), None)
+    assert log.stage(entries(3, 5, term=2), None) is None  # a rewrite
+    assert log.stage(entries(6, 7), None) is None  # a gap
+    assert log.stage([(5, 1, ENTRY_NORMAL, b"x" * (4 << 20))], None) is None  # too large for the file
+    staged = log.stage(entries(5, 6), None)
+    assert staged is not None
+    with pytest.raises(RuntimeError):
+        log.append(entries(6, 7), None)  # appends wait for the staged records
+    with pytest.raises(RuntimeError):
+        log.compact(4)  # its checkpoint would leave the staged record out
+    _write(log, staged)
+    log.commit(staged[2])
+    log.compact(3)
+    assert (log.first_index, log.last_index) == (4, 5)
+    log.close()
+
+
+def test_after_an_abandoned_record_the_next_append_starts_a_new_pass(tmp_path: Path) -> None:
+    log = LogStore(str(tmp_path / "log"))
+    log.append(entries(1, 3), None)
+    lost = log.stage(entries(3, 4), None)
+    assert lost is not None
+    os.pwrite(log.wal_fd, lost[1][: len(lost[1]) // 2], lost[0])  # half written, then a failure
+    log.abandon()
+    assert log.stage(entries(3, 4), None) is None  # not behind what the failure left
+    log.append(entries(3, 5, term=2), (2, 0, 4))
+    again = log.stage(entries(5, 6, term=2), None)
+    assert again is not None and again[0] == 0  # the new pass starts the file again
+    _write(log, again)
+    log.commit(again[2])
+    log.close()
+    reopened = LogStore(str(tmp_path / "log"))
+    assert reopened.entries(1, 6) == entries(1, 3) + entries(3, 6, term=2)
+    reopened.close()
+
+
+def test_a_staged_record_written_before_a_crash_is_replayed(tmp_path: Path) -> None:
+    _crash_after(tmp_path / "log", "log.append(entries(1, 3), None)\n"
+                                   "offset, record, token = log.stage(entries(3, 5), (1, 0, 4))\n"
+                                   "os.pwrite(log.wal_fd, record, offset)\nos.fdatasync(log.wal_fd)")
+    log = LogStore(str(tmp_path / "log"))
+    assert log.entries(1, 5) == entries(1, 5)
+    assert log.hard_state == (1, 0, 4)
+    log.close()
