@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from fastkv import identity, metrics
@@ -277,7 +279,7 @@ class Node:
                     raise
                 log.warning("cannot listen for peers on %s: %s", ", ".join(self.config.listen_peer_urls), exc)
                 self.transport = None
-        self._log_thread = LogThread(loop)
+        self._log_thread = LogThread(loop, self.log.wal_fd)
         self._loop = loop
         self._kick()
         self._ticker = loop.create_task(self._tick_forever())
@@ -419,10 +421,10 @@ class Node:
             self._loop.call_soon(self._process)
 
     def _process(self) -> None:
-        """Take the core's new Readies. Each one to save goes to the log thread, which saves
-        every Ready queued when it gets to them with one sync, while the next Readies fill
-        (pipelined, as ``RawNode.ready`` allows); ``_saved`` finishes them in order. A small
-        Ready of a quiet member with nothing in flight is saved right here."""
+        """Take the core's new Readies. Each one to save goes to a writer (``_queue_save``: the
+        sync queue or the log thread) while the next Readies fill (pipelined, as
+        ``RawNode.ready`` allows); ``_synced`` and ``_saved`` finish them in order. A small Ready
+        of a quiet member with nothing in flight is saved right here."""
         self._scheduled = False
         if self._halt:
             return
@@ -441,19 +443,45 @@ class Node:
                         return
                     self._finish_ready(rd, False)
                     continue
-                in_flight.append(_Flight(rd, early, False))
-                self._queue_save(rd)
+                flight = _Flight(rd, early, False)
+                in_flight.append(flight)
+                self._queue_save(flight)
             elif in_flight:
                 in_flight.append(_Flight(rd, False, True))  # finished after those before it
             else:
                 self._finish_ready(rd, False)
 
-    def _queue_save(self, rd: Ready) -> None:
-        self._to_save.append(rd)
+    def _queue_save(self, flight: _Flight) -> None:
+        """Hand ``flight``'s Ready to a writer: while the log thread has no job, a plain append
+        is staged here and written by the sync queue, which never needs the GIL; anything else
+        (a snapshot, a rewrite, a checkpoint due), and whatever comes while a job is pending,
+        goes to the log thread, which saves every Ready queued by then with one sync."""
+        log_thread = self._log_thread
+        assert log_thread is not None
+        if not log_thread.pending:
+            staged = self.storage.stage(flight.rd)
+            if staged is not None:
+                offset, record, token = staged
+                log_thread.submit_record(offset, record, partial(self._synced, flight, token))
+                return
+        self._to_save.append(flight.rd)
         if not self._save_queued:
             self._save_queued = True
+            log_thread.submit(self._save_queued_readies, None, self._saved)
+
+    def _synced(self, flight: _Flight, token: tuple[Any, ...], outcome: int, seconds: float) -> None:
+        """The sync queue wrote and synced ``flight``'s staged record (``outcome`` 0), or failed
+        to (``-errno``): then every record after it is void too."""
+        if outcome < 0:
+            self.log.abandon()
             assert self._log_thread is not None
-            self._log_thread.submit(self._save_queued_readies, None, self._saved)
+            self._log_thread.abandon_records()
+            self._persist_failed(OSError(-outcome, os.strerror(-outcome), "write-ahead file"))
+        else:
+            self.storage.commit_staged(token, seconds)
+            flight.saved = True
+            self._finish_saved()
+        self._go_on()
 
     def _save_queued_readies(self, _: object) -> int:
         """On the log thread: save every Ready queued so far, with one sync; how many."""
@@ -487,8 +515,8 @@ class Node:
         sync delays nothing else (a lone writer waits for exactly this sync anyway)."""
         hint = self.quiet_hint
         log_thread = self._log_thread
-        return (hint is not None and len(rd.entries) <= 1 and rd.snapshot is None
-                and log_thread is not None and log_thread.pending == 0 and hint())
+        return (hint is not None and len(rd.entries) <= 1 and rd.snapshot is None and log_thread is not None
+                and log_thread.pending == 0 and log_thread.records == 0 and hint())
 
     def _saved(self, count: int | None, error: BaseException | None) -> None:
         """The log thread saved the next ``count`` Readies in flight (or failed to): finish
@@ -505,6 +533,10 @@ class Node:
                     if not count:
                         break
             self._finish_saved()
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """After a save: the next pass, or, once stopping, tell ``stop`` when nothing is in flight."""
         if self._halt:
             if self._drained is not None and not self._in_flight:
                 _settle(self._drained, None)

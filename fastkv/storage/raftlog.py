@@ -17,6 +17,7 @@ data is stored unchanged, so the mapping back only needs ``type == ENTRY_CONF``.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -179,6 +180,28 @@ class RaftStorage:
             entries.extend(to_log(e) for e in rd.entries)
             must_sync = must_sync or rd.must_sync
         self._write(entries, hard, must_sync)
+
+    def stage(self, rd: Ready) -> tuple[int, bytes, tuple[Any, ...]] | None:
+        """The first half of ``save(rd)`` for a writer on another thread: ``(offset, record,
+        token)`` as ``LogStore.stage`` makes them, or None when ``rd`` needs ``save`` (a
+        snapshot, a rewrite, a checkpoint due)."""
+        if rd.snapshot is not None:
+            return None
+        hs = rd.hard_state
+        hard = (hs.term, hs.vote, hs.commit) if hs is not None else None
+        entries = [to_log(e) for e in rd.entries]
+        if not entries and (hard is None or not rd.must_sync):
+            return None
+        staged: tuple[int, bytes, tuple[Any, ...]] | None = self.log.stage(entries, hard)
+        return staged
+
+    def commit_staged(self, token: tuple[Any, ...], sync_seconds: float) -> None:
+        """The second half: the staged record is durable (``sync_seconds``: its group's sync took
+        that long, 0 when another record of the group reports it)."""
+        self.log.commit(token)
+        if sync_seconds:
+            metrics.wal_fsync_seconds.observe(sync_seconds)
+            self.syncs += 1
 
     def _write(self, entries: list[LogTuple], hard: tuple[int, int, int] | None, must_sync: bool) -> None:
         if entries or (hard is not None and must_sync):
