@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,40 @@ def test_a_full_log_fails_the_batch_and_the_member_goes_on(tmp_path: Path) -> No
         event = await node.propose(put("small", "1"))
         assert event.index == 4
     run(tmp_path, body, map_size=1 << 20)
+
+
+def test_a_full_disk_under_the_write_ahead_file_fails_the_writes_then_the_member_goes_on(
+        tmp_path: Path) -> None:
+    async def body(node: Node) -> None:
+        await node.propose(put("before", "1"))
+        wal = node.log.wal_fd
+        kept = os.dup(wal)
+        full = os.open("/dev/full", os.O_WRONLY)  # every write there fails with ENOSPC
+        os.dup2(full, wal)
+        os.close(full)
+        try:
+            results = await asyncio.gather(*(node.propose(put(f"lost{i}", "x")) for i in range(20)),
+                                           return_exceptions=True)
+        finally:
+            os.dup2(kept, wal)
+            os.close(kept)
+        assert all(isinstance(r, V2Error) and r.code == 300 for r in results), results
+        for _ in range(50):  # as a client would: error 300 says try again
+            try:
+                await node.propose(put("after", "2"))
+                break
+            except V2Error:
+                await asyncio.sleep(0.1)
+        assert node.store.node("/1/after").value == "2"
+
+    run(tmp_path, body)
+
+    async def reopened(node: Node) -> None:
+        assert node.store.node("/1/before").value == "1"
+        assert node.store.node("/1/after").value == "2"
+        assert all(node.store.node(f"/1/lost{i}") is None for i in range(20))  # never acknowledged
+
+    run(tmp_path, reopened)
 
 
 def test_membership_changes_go_through_the_log(tmp_path: Path) -> None:
