@@ -1,6 +1,7 @@
-"""Answers that leave in batches from the writer thread (many connections answered in one loop
-pass) reach the right client, whole and in order: read-your-writes on every connection,
-pipelined requests, long-poll watchers fired together, clients that vanish mid-batch."""
+"""Answers that leave in batches, half from the writer thread and half from the loop, when many
+connections are answered in one loop pass (more than ``FAN_OUT``), reach the right client, whole
+and in order: read-your-writes on every connection, pipelined requests, long-poll watchers fired
+together, clients that vanish mid-batch."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import struct
 
 import httptools
 
+from fastkv.http.writer import FAN_OUT
 from tests import harness
 
-CONNECTIONS = 64
+CONNECTIONS = FAN_OUT + 32  # enough for a loop pass to gather a fan-out's worth of answers
 
 
 def connect(server: harness.Server) -> socket.socket:
