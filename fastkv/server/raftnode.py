@@ -47,6 +47,7 @@ from fastkv._native.raft import (
     ConfChangeAddNode,
     ConfChangeRemoveNode,
     Config,
+    Entry,
     EntryConfChange,
     Message,
     MsgApp,
@@ -231,12 +232,7 @@ class Node:
         lo, last = self.applied_index + 1, self.log.last_index
         while lo <= last:  # every entry is read (CRC-checked); the committed ones are applied
             hi = min(lo + REPLAY_CHUNK, last + 1)
-            applied = self.applied_index
-            for t in self.log.entries(lo, hi):
-                if t[0] <= commit:
-                    e = from_log(t)
-                    self._apply_entry(e.index, e.term, e.type, e.data)
-            metrics.proposals_applied.inc(self.applied_index - applied)
+            self._apply_entries([from_log(t) for t in self.log.entries(lo, hi) if t[0] <= commit])
             lo = hi
         self.storage.commit_floor = self.applied_index
 
@@ -619,11 +615,15 @@ class Node:
             self._restore(rd.snapshot)
             self._sync_peers()
             log.info("applied the leader's snapshot at index %d", rd.snapshot.index)
+        self._apply_entries(rd.committed_entries)
+        metrics.proposals_pending.set(len(self._waiters))
+
+    def _apply_entries(self, entries: list[Entry]) -> None:
+        """Apply the committed ``entries`` not applied yet, in order, and count them: runs of store
+        requests in compiled code (``apply_requests``), anything else with ``_apply_entry``."""
         applied = self.applied_index
-        entries = rd.committed_entries
         at = 0
         while at < len(entries):
-            # Runs of store requests are applied in compiled code; anything else here.
             at, index, term, member_key = apply_requests(self.store, self.hub, self._waiters, entries, at,
                                                          self.applied_index)
             if index > self.applied_index:
@@ -636,7 +636,6 @@ class Node:
                 if e.index > self.applied_index:
                     self._apply_entry(e.index, e.term, e.type, e.data)
         metrics.proposals_applied.inc(self.applied_index - applied)
-        metrics.proposals_pending.set(len(self._waiters))
 
     def _repropose_held(self) -> None:
         if not self._held or not self.raw.lead:
@@ -720,32 +719,22 @@ class Node:
     # ------------------------------------------------------------------ applying
 
     def _apply_entry(self, index: int, term: int, etype: int, data: bytes) -> None:
-        """Apply one committed entry and answer its proposer, if it waits here (the caller
-        counts the entries applied)."""
+        """Apply one committed entry that is not a store request (``apply_requests`` applies
+        those): a configuration change, a new leader's empty entry, a TTL expiry or a membership
+        entry; answer its proposer, if it waits here."""
         if etype == EntryConfChange:
             cc = ConfChange.decode(data)
             self._resolve(("conf", cc.type, cc.node_id), self._apply_conf_change(cc))
         elif data:
-            tag = data[:1]
             pid = _ID.unpack_from(data, 1)[0]
-            if tag == TAG_REQUEST:
-                result: Any = self._apply_request(data)
-            elif tag == TAG_SYNC:
+            result: Any
+            if data[:1] == TAG_SYNC:
                 result = self._notify_all(self.store.delete_expired(_ID_STAMP.unpack_from(data, 1)[1]))
                 self._sync_proposed = False
             else:
                 result = self._apply_member_entry(data[9:])
             self._resolve(pid, result)
         self.applied_index, self.applied_term = index, term
-
-    def _apply_request(self, data: bytes) -> Event | V2Error:
-        try:
-            event = self.store.apply(data[17:], _ID_STAMP.unpack_from(data, 1)[1])
-        except V2Error as error:
-            return error
-        if event.action != "get":
-            self._notify(event)
-        return event
 
     def _apply_member_entry(self, change: bytes) -> Any:
         """A peer URL update, or an addition or removal that only validates (it was refused)."""
@@ -810,16 +799,13 @@ class Node:
 
     def _notify_all(self, events: list[Event]) -> list[Event]:
         for event in events:
-            self._notify(event)
+            try:
+                self.hub.notify(event)
+            except Exception:  # a broken watcher must not stall the log
+                log.exception("notifying watchers of index %d failed", event.index)
+            if event.key.startswith("/0/"):
+                self._member_changed(event.key)
         return events
-
-    def _notify(self, event: Event) -> None:
-        try:
-            self.hub.notify(event)
-        except Exception:  # a broken watcher must not stall the log
-            log.exception("notifying watchers of index %d failed", event.index)
-        if event.key.startswith("/0/"):
-            self._member_changed(event.key)
 
     def _member_changed(self, key: str) -> None:
         changed = membership.changed_member(key)
