@@ -198,7 +198,7 @@ class Proposal(Pending):
         return (201 if event.created else 200), event_headers(app, event.etcd_index), body
 
 
-def failure_response(app: App, exc: Exception) -> Response:
+def failure_response(app: App, exc: BaseException) -> Response:
     """The answer to a write that did not apply: the store's V2Error, or etcd's error 300 for a
     proposal that timed out or failed below the store."""
     if isinstance(exc, V2Error):

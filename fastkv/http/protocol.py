@@ -77,7 +77,7 @@ _HEADER_VALUE = rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?"
 _PLAIN_GET = re.compile(rb"GET /v2/keys((?:/(?!\.)[-\w.~]+)*)/?(?:\?([\w=&]*))? HTTP/1\.1\r\nHost: "
                         + _HEADER_VALUE
                         + rb"\r\n(?:(?:User-Agent|Accept|Accept-Encoding): " + _HEADER_VALUE + rb"\r\n)*\r\n")
-_PLAIN_GET_MAX = PLAIN_PUT_MAX  # bytes; far below every limit the parser enforces
+_PLAIN_MAX = PLAIN_PUT_MAX  # bytes, for a plain read or write; far below every limit the parser enforces
 _FORM = b"application/x-www-form-urlencoded"
 _NO_FLAGS = (False, False)
 _PLAIN_STARTS = frozenset((b"GET /v2/keys", b"PUT /v2/keys"))
@@ -254,28 +254,21 @@ class ConnectionSet:
         self.writer.close()
 
 
-class _PlainWrite:
-    """The node's waiter for one plain write: settled once, it has the connection answer."""
+class _PlainWrite(Pending):
+    """The node's waiter for one plain write: settled once, it has the connection answer at once
+    (no ``response()``: the connection builds the plain write's answer itself)."""
 
-    __slots__ = ("conn", "req", "settled")
+    __slots__ = ("conn", "req")
 
     def __init__(self, conn: HttpProtocol, req: Request) -> None:
+        super().__init__()
         self.conn = conn
         self.req = req
-        self.settled = False
 
-    def done(self) -> bool:
-        return self.settled
-
-    def set_result(self, event: Any) -> None:
-        if not self.settled:
-            self.settled = True
-            self.conn.plain_written(self.req, event, None)
-
-    def set_exception(self, error: Exception) -> None:
-        if not self.settled:
-            self.settled = True
-            self.conn.plain_written(self.req, None, error)
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        if not self._done:
+            self._done = True
+            self.conn.plain_written(self.req, result, error)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -335,7 +328,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.failed is not None or self.closed:
             return
         recovery = self.recovery
-        if (data[:12] in _PLAIN_STARTS and len(data) < _PLAIN_GET_MAX and recovery.method is None
+        if (data[:12] in _PLAIN_STARTS and len(data) < _PLAIN_MAX and recovery.method is None
                 and recovery.held is None and not (self.in_request or self.busy or self.queue)):
             if data[0] == 71:  # G
                 match = _PLAIN_GET.fullmatch(data)
@@ -528,7 +521,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.send(req, refused)
 
-    def plain_written(self, req: Request, event: Any, error: Exception | None) -> None:
+    def plain_written(self, req: Request, event: Any, error: BaseException | None) -> None:
         """The plain write ``req`` applied as ``event`` (or failed with ``error``), inside the
         node's apply: write the answer; whatever else the connection has to do waits."""
         self.busy = False
