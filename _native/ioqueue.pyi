@@ -1,19 +1,15 @@
-"""I/O queues: batches of work on descriptors done by a thread that never holds the GIL.
+"""I/O queues: work on descriptors done by a thread that never holds the GIL.
 
-``submit`` queues a batch and returns at once; the thread running ``serve`` does it and signals
-``event_fd``; ``collect`` returns the outcomes of the finished batches in submission order.
-``SendQueue`` sends answers (per item the bytes sent or ``-errno``; the descriptors handed over
-are closed after their send: hand over ``dup``s, or let ``submit`` take them). ``SyncQueue``
-writes records at their offsets and syncs once per group (per record ``(0 or -errno, seconds)``;
-a failure is sticky until ``reset``).
+``SendQueue.send`` sends a batch of answers together with the thread running ``serve`` and
+returns, once all are sent, per item the bytes sent or ``-errno`` (the descriptors stay the
+caller's; one item per descriptor per batch). ``SyncQueue`` writes records at their offsets and
+syncs once per group: ``submit`` returns at once, the thread signals ``event_fd``, ``collect``
+returns per record ``(0 or -errno, seconds)`` in submission order; a failure is sticky until
+``reset``.
 """
 
-def send_now(fds: list[int], payloads: list[bytes], close_after: bool = True) -> list[int]: ...
-
 class SendQueue:
-    event_fd: int
-    def submit(self, fds: list[int], payloads: list[bytes], duplicate: bool = False) -> None: ...
-    def collect(self) -> list[list[int]]: ...
+    def send(self, fds: list[int], payloads: list[bytes]) -> list[int]: ...
     def serve(self) -> None: ...
     def stop(self) -> None: ...
 

@@ -1,23 +1,22 @@
 # cython: language_level=3
-"""I/O queues: batches of work on descriptors done by a thread that never holds the GIL.
+"""I/O queues: work on descriptors done by a thread that never holds the GIL.
 
-The event loop hands over a batch (``submit``) and goes on; the thread does the work and signals
-``event_fd`` (an eventfd); the loop, woken by it, takes the outcomes (``collect``): for each
-batch, per item, a number. Batches are done and collected in submission order. The queue keeps
-every ``bytes`` of a batch alive until its outcome is collected.
+``SendQueue`` sends a batch of answers from two threads at once. ``send`` hands the batch to the
+thread that runs ``serve`` and, with the GIL released, sends alongside it: each of the two takes
+the next unsent item until none is left, so the faster one sends more. ``send`` returns once every
+item is sent and the thread has let go of the batch: per item the count of bytes sent or
+``-errno``. Each item is sent with one non-blocking ``send``; a send that would block or fails is
+not retried (the caller writes the rest, or drops it). The descriptors stay the caller's: its
+thread waits in ``send``, so none can be closed (and reused) meanwhile by their owner. Items of
+one batch are sent in no particular order: give each descriptor at most one item per batch.
 
-``SendQueue`` sends answers to sockets. Each item is sent with one non-blocking ``send``; its
-outcome is the count of bytes sent or ``-errno``; a send that would block or fails is not
-retried (the caller writes the rest, or drops it). The descriptors handed over are the queue's
-and each is closed right after its send: hand over a ``dup`` of the socket's own (or let
-``submit`` take one), so that the socket outlives whatever its owner does meanwhile (a closed and
-reused descriptor would receive another connection's bytes).
-
-``SyncQueue`` writes records to a file and makes them durable: every item is written at its
-offset, then the file is synced ONCE for all the batches the thread took together (a group
-commit); an item's outcome is 0 once it is durable, else ``-errno``. The descriptor stays the
-caller's. A failure is sticky: every item after a failed one fails too, unwritten, until
-``reset()``, so nothing is written behind a record that may be incomplete.
+``SyncQueue`` writes records to a file and makes them durable: ``submit`` queues a record and
+returns at once; the thread writes every queued record at its offset, then syncs the file ONCE
+for all the records it took together (a group commit), and signals ``event_fd`` (an eventfd); the
+loop, woken by it, takes the outcomes (``collect``) in submission order: 0 once a record is
+durable, else ``-errno``. The descriptor stays the caller's. A failure is sticky: every record
+after a failed one fails too, unwritten, until ``reset()``, so nothing is written behind a record
+that may be incomplete.
 """
 
 cimport cython
@@ -27,7 +26,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.types cimport off_t
-from posix.unistd cimport close, dup, pwrite, read, write
+from posix.unistd cimport close, pwrite, read, write
 
 from collections import deque
 
@@ -63,6 +62,16 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_signal(pthread_cond_t *cond)
 
 
+cdef extern from *:
+    """
+    static inline Py_ssize_t fastkv_next_item(Py_ssize_t *next) {
+        return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+    }
+    """
+    # The index of the next unsent item of a shared batch: each index is taken exactly once.
+    Py_ssize_t _next_item "fastkv_next_item"(Py_ssize_t *next) noexcept nogil
+
+
 cdef struct Item:
     int fd
     long long offset  # SyncQueue: where in the file
@@ -74,6 +83,8 @@ cdef struct Item:
 cdef struct Batch:
     Item *items
     Py_ssize_t count
+    Py_ssize_t next_item  # SendQueue: the next item either thread may take
+    bint released  # SendQueue: the thread has let go of the batch
     double seconds  # SyncQueue: the time its group's writes and sync took (the group's last batch)
     Batch *next
 
@@ -97,6 +108,24 @@ cdef inline Batch *_take_all(BatchList *batches) noexcept nogil:
     batches.head = NULL
     batches.tail = NULL
     return head
+
+
+cdef bint _unlink(BatchList *batches, Batch *batch) noexcept nogil:
+    """Take ``batch`` out of ``batches``; False when it is not there."""
+    cdef Batch *before = NULL
+    cdef Batch *current = batches.head
+    while current != NULL and current != batch:
+        before, current = current, current.next
+    if current == NULL:
+        return False
+    if before == NULL:
+        batches.head = batch.next
+    else:
+        before.next = batch.next
+    if batches.tail == batch:
+        batches.tail = before
+    batch.next = NULL
+    return True
 
 
 cdef inline void _free_all(Batch *batch) noexcept nogil:
@@ -125,10 +154,8 @@ cdef Py_ssize_t _send_whole(int fd, const char *data, Py_ssize_t size) noexcept 
     return done
 
 
-cdef Batch *_new_batch(list fds, list payloads, bint duplicate=False) except NULL:
-    """A batch of items pointing into ``payloads`` (which the caller keeps alive), on ``fds``
-    or, with ``duplicate``, on a ``dup`` of each (-1 where none can be had: that send then
-    reports ``-EBADF``)."""
+cdef Batch *_new_batch(list fds, list payloads) except NULL:
+    """A batch of items on ``fds`` pointing into ``payloads`` (which the caller keeps alive)."""
     cdef Py_ssize_t count = len(fds)
     cdef Py_ssize_t i
     cdef bytes payload
@@ -143,11 +170,13 @@ cdef Batch *_new_batch(list fds, list payloads, bint duplicate=False) except NUL
         free(batch)
         raise MemoryError()
     batch.count = count
+    batch.next_item = 0
+    batch.released = False
     batch.seconds = 0
     batch.next = NULL
     for i in range(count):
         payload = payloads[i]
-        batch.items[i].fd = dup(fds[i]) if duplicate else fds[i]
+        batch.items[i].fd = fds[i]
         batch.items[i].offset = 0
         batch.items[i].data = PyBytes_AS_STRING(payload)
         batch.items[i].size = PyBytes_GET_SIZE(payload)
@@ -155,97 +184,30 @@ cdef Batch *_new_batch(list fds, list payloads, bint duplicate=False) except NUL
     return batch
 
 
-cdef inline void _send_batch(Batch *batch, bint close_after) noexcept nogil:
-    """Send every item; then close its descriptor when it was handed over with it."""
-    cdef Py_ssize_t i
-    cdef Item *item
-    for i in range(batch.count):
-        item = &batch.items[i]
-        item.outcome = _send_whole(item.fd, item.data, item.size)
-        if close_after:
-            close(item.fd)
-
-
-def send_now(list fds, list payloads, bint close_after=True):
-    """Send ``payloads[i]`` on ``fds[i]`` right here, with the GIL released meanwhile; per item
-    the bytes sent or ``-errno`` (as ``SendQueue.collect`` reports them). Each descriptor is
-    closed after its send unless ``close_after`` is false: then they stay the caller's (whose
-    thread is blocked here, so none of them can be closed meanwhile by their owner)."""
-    cdef Batch *batch = _new_batch(fds, payloads)
-    cdef Py_ssize_t i
-    with nogil:
-        _send_batch(batch, close_after)
-    outcomes = [batch.items[i].outcome for i in range(batch.count)]
-    _free_all(batch)
-    return outcomes
-
-
 cdef class _IoQueue:
-    """The machinery both queues share: the batches, the lock, the thread's loop, ``event_fd``."""
+    """The machinery both queues share: the queued batches, the lock, the thread's loop."""
 
     cdef pthread_mutex_t _lock
-    cdef pthread_cond_t _wake
-    cdef BatchList _queued  # submitted, not yet taken by the thread
-    cdef BatchList _done  # done, outcome not yet collected
+    cdef pthread_cond_t _wake  # the thread waits on it for work
+    cdef BatchList _queued  # handed over, not yet taken by the thread
     cdef bint _stopping
-    cdef bint _owns_fds  # the descriptors handed over are the queue's to close
-    cdef readonly int event_fd
-    cdef object _payloads  # per batch in flight, what keeps its bytes alive
 
     def __cinit__(self, *args):
         pthread_mutex_init(&self._lock, NULL)
         pthread_cond_init(&self._wake, NULL)
-        self.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
-        if self.event_fd < 0:
-            raise OSError(errno, "eventfd failed")
-        self._payloads = deque()
 
     def __dealloc__(self):
-        cdef Batch *batch = self._queued.head
-        cdef Py_ssize_t i
-        while batch != NULL and self._owns_fds:  # never sent: their descriptors are ours to close
-            for i in range(batch.count):
-                close(batch.items[i].fd)
-            batch = batch.next
         _free_all(self._queued.head)
-        _free_all(self._done.head)
-        if self.event_fd >= 0:
-            close(self.event_fd)
         pthread_cond_destroy(&self._wake)
         pthread_mutex_destroy(&self._lock)
 
-    cdef void _queue(self, Batch *batch, object keep_alive):
-        self._payloads.append(keep_alive)
-        # The GIL stays held: the thread holds the lock only to queue or take batches, never
+    cdef void _queue(self, Batch *batch) noexcept nogil:
+        # Called with the GIL held: the thread holds the lock only to queue or take batches, never
         # while it works, and releasing the GIL here would hand it to another thread for a while.
         pthread_mutex_lock(&self._lock)
         _push(&self._queued, batch)
         pthread_cond_signal(&self._wake)
         pthread_mutex_unlock(&self._lock)
-
-    def collect(self):
-        """The outcomes of the batches done since the last call, oldest first (for each batch
-        what ``_outcome`` makes of it). Resets ``event_fd``."""
-        cdef uint64_t counter
-        cdef Batch *batch
-        cdef Batch *first
-        cdef list outcomes = []
-        read(self.event_fd, &counter, sizeof(counter))
-        pthread_mutex_lock(&self._lock)
-        first = _take_all(&self._done)
-        pthread_mutex_unlock(&self._lock)
-        batch = first
-        while batch != NULL:
-            outcomes.append(self._outcome(batch))
-            self._payloads.popleft()
-            batch = batch.next
-        _free_all(first)
-        return outcomes
-
-    cdef object _outcome(self, Batch *batch):
-        """What ``collect`` reports for ``batch``: its items' outcomes."""
-        cdef Py_ssize_t i
-        return [batch.items[i].outcome for i in range(batch.count)]
 
     def serve(self):
         """Work through queued batches until ``stop`` (then the queued ones first). Run it on a
@@ -266,16 +228,8 @@ cdef class _IoQueue:
             self._work(taken)
 
     cdef void _work(self, Batch *taken) noexcept nogil:
-        """Do the batches ``taken`` (a list, oldest first), handing each to ``_finished``."""
+        """Do the batches ``taken`` (a list, oldest first)."""
         pass
-
-    cdef void _finished(self, Batch *batch) noexcept nogil:
-        """``batch`` is done: make its outcomes collectable and wake the loop."""
-        cdef uint64_t one = 1
-        pthread_mutex_lock(&self._lock)
-        _push(&self._done, batch)
-        pthread_mutex_unlock(&self._lock)
-        write(self.event_fd, &one, sizeof(one))
 
     def stop(self):
         """Ask ``serve`` to return once the queued batches are done."""
@@ -285,26 +239,58 @@ cdef class _IoQueue:
         pthread_mutex_unlock(&self._lock)
 
 
+cdef void _send_shared(Batch *batch) noexcept nogil:
+    """Send items of ``batch`` until none is left unsent (another thread may be taking some)."""
+    cdef Py_ssize_t i
+    cdef Item *item
+    while True:
+        i = _next_item(&batch.next_item)
+        if i >= batch.count:
+            return
+        item = &batch.items[i]
+        item.outcome = _send_whole(item.fd, item.data, item.size)
+
+
 @cython.final
 cdef class SendQueue(_IoQueue):
-    """Batches of ``(fd, bytes)`` sent in order by the thread that runs ``serve``."""
+    """Batches of ``(fd, bytes)`` sent by the caller of ``send`` and the thread that runs
+    ``serve``, together (see the module doc)."""
+
+    cdef pthread_cond_t _released  # ``send`` waits on it for the thread to let go of its batch
 
     def __cinit__(self):
-        self._owns_fds = True
+        pthread_cond_init(&self._released, NULL)
 
-    def submit(self, list fds, list payloads, bint duplicate=False):
-        """Queue one batch: ``payloads[i]`` (bytes) to be sent on descriptor ``fds[i]``, which
-        the thread closes after the send. With ``duplicate`` the thread gets a ``dup`` of each
-        descriptor, taken here, and the caller keeps its own; an item that gets none (the
-        open-file limit) is reported ``-EBADF``."""
-        self._queue(_new_batch(fds, payloads, duplicate), payloads)
+    def __dealloc__(self):
+        pthread_cond_destroy(&self._released)
+
+    def send(self, list fds, list payloads):
+        """Send ``payloads[i]`` (bytes) on descriptor ``fds[i]``, sharing the work with the thread,
+        and return per item the bytes sent or ``-errno``. Without a serving thread the caller
+        sends them all."""
+        cdef Batch *batch = _new_batch(fds, payloads)
+        cdef Py_ssize_t i
+        self._queue(batch)
+        with nogil:
+            _send_shared(batch)
+            pthread_mutex_lock(&self._lock)
+            if not _unlink(&self._queued, batch):  # the thread took it: wait until it lets go
+                while not batch.released:
+                    pthread_cond_wait(&self._released, &self._lock)
+            pthread_mutex_unlock(&self._lock)
+        outcomes = [batch.items[i].outcome for i in range(batch.count)]
+        _free_all(batch)
+        return outcomes
 
     cdef void _work(self, Batch *taken) noexcept nogil:
         cdef Batch *next_batch
         while taken != NULL:
-            _send_batch(taken, True)
-            next_batch = taken.next
-            self._finished(taken)
+            next_batch = taken.next  # once released, the batch is the caller's to free
+            _send_shared(taken)
+            pthread_mutex_lock(&self._lock)
+            taken.released = True
+            pthread_cond_signal(&self._released)
+            pthread_mutex_unlock(&self._lock)
             taken = next_batch
 
 
@@ -337,16 +323,28 @@ cdef class SyncQueue(_IoQueue):
 
     cdef int _fd
     cdef Py_ssize_t _failure  # -errno of the first failure since ``reset``, else 0
+    cdef BatchList _done  # done, outcome not yet collected
+    cdef readonly int event_fd
+    cdef object _records  # per record in flight, its bytes (kept alive until collected)
 
     def __cinit__(self, int fd):
         self._fd = fd
-        self._owns_fds = False
+        self.event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if self.event_fd < 0:
+            raise OSError(errno, "eventfd failed")
+        self._records = deque()
+
+    def __dealloc__(self):
+        _free_all(self._done.head)
+        if self.event_fd >= 0:
+            close(self.event_fd)
 
     def submit(self, long long offset, bytes record):
         """Queue one record, to be written at ``offset`` and synced."""
         cdef Batch *batch = _new_batch([self._fd], [record])
         batch.items[0].offset = offset
-        self._queue(batch, record)
+        self._records.append(record)
+        self._queue(batch)
 
     def reset(self):
         """Forget a failure: later records are written again. Call it only once every record
@@ -355,8 +353,24 @@ cdef class SyncQueue(_IoQueue):
         self._failure = 0
         pthread_mutex_unlock(&self._lock)
 
-    cdef object _outcome(self, Batch *batch):
-        return batch.items[0].outcome, batch.seconds
+    def collect(self):
+        """``(outcome, seconds)`` of each record done since the last call, oldest first. Resets
+        ``event_fd``."""
+        cdef uint64_t counter
+        cdef Batch *batch
+        cdef Batch *first
+        cdef list outcomes = []
+        read(self.event_fd, &counter, sizeof(counter))
+        pthread_mutex_lock(&self._lock)
+        first = _take_all(&self._done)
+        pthread_mutex_unlock(&self._lock)
+        batch = first
+        while batch != NULL:
+            outcomes.append((batch.items[0].outcome, batch.seconds))
+            self._records.popleft()
+            batch = batch.next
+        _free_all(first)
+        return outcomes
 
     cdef void _work(self, Batch *taken) noexcept nogil:
         cdef Batch *batch = taken
@@ -364,6 +378,7 @@ cdef class SyncQueue(_IoQueue):
         cdef Py_ssize_t i, failure
         cdef int64_t started = _now_ns()
         cdef bint wrote = False
+        cdef uint64_t one = 1
         pthread_mutex_lock(&self._lock)
         failure = self._failure
         pthread_mutex_unlock(&self._lock)
@@ -378,7 +393,6 @@ cdef class SyncQueue(_IoQueue):
             failure = -errno
         pthread_mutex_lock(&self._lock)
         self._failure = failure
-        pthread_mutex_unlock(&self._lock)
         batch = taken
         while batch != NULL:
             for i in range(batch.count):
@@ -386,5 +400,7 @@ cdef class SyncQueue(_IoQueue):
             next_batch = batch.next
             if next_batch == NULL:
                 batch.seconds = (_now_ns() - started) / 1e9
-            self._finished(batch)
+            _push(&self._done, batch)
             batch = next_batch
+        pthread_mutex_unlock(&self._lock)
+        write(self.event_fd, &one, sizeof(one))

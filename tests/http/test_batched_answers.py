@@ -1,4 +1,4 @@
-"""Answers that leave in batches, half from the writer thread and half from the loop, when many
+"""Answers that leave in batches, sent by the loop and the writer's thread together, when many
 connections are answered in one loop pass (more than ``FAN_OUT``), reach the right client, whole
 and in order: read-your-writes on every connection, pipelined requests, long-poll watchers fired
 together, clients that vanish mid-batch."""

@@ -1,6 +1,7 @@
-"""The compiled I/O queues. The send queue over real sockets: order, outcomes, a full socket, a
-closed peer; it closes the descriptors handed to it (duplicates of the sockets' own). The sync
-queue over a real file: offsets, one sync per group, a sticky failure."""
+"""The compiled I/O queues. The send queue over real sockets: every answer on its socket, the
+work shared with the thread or done alone without one, outcomes for a full socket, a closed
+peer and a bad descriptor, the descriptors left open. The sync queue over a real file: offsets,
+one sync per group, a sticky failure."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fastkv._native.ioqueue import SendQueue, SyncQueue, send_now
+from fastkv._native.ioqueue import SendQueue, SyncQueue
 
 
 @pytest.fixture
@@ -30,15 +31,6 @@ def queue() -> Iterator[SendQueue]:
     assert not thread.is_alive()
 
 
-def outcomes(q: SendQueue | SyncQueue, batches: int) -> list[Any]:
-    """Wait on ``event_fd`` until ``batches`` batches are collected."""
-    got: list[Any] = []
-    while len(got) < batches:
-        assert select.select([q.event_fd], [], [], 5)[0], "the queue never signalled"
-        got += q.collect()
-    return got
-
-
 def read_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -48,20 +40,37 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def test_batches_arrive_whole_and_in_order_on_every_socket(queue: SendQueue) -> None:
-    pairs = [socket.socketpair() for _ in range(20)]
+def socket_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    return [socket.socketpair() for _ in range(count)]
+
+
+def close_all(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
+def test_every_answer_reaches_its_socket_whole(queue: SendQueue) -> None:
+    pairs = socket_pairs(300)
     try:
-        first = [f"first {i}\n".encode() for i in range(20)]
-        second = [f"second {i}\n".encode() for i in range(20)]
-        queue.submit([os.dup(a.fileno()) for a, _ in pairs], first)
-        queue.submit([os.dup(a.fileno()) for a, _ in pairs], second)
-        assert outcomes(queue, 2) == [[len(p) for p in first], [len(p) for p in second]]
-        for i, (_, b) in enumerate(pairs):
-            assert read_exactly(b, len(first[i]) + len(second[i])) == first[i] + second[i]
+        for round_ in range(3):  # the same queue and thread serve batch after batch
+            payloads = [f"answer {round_}.{i}\n".encode() * (1 + i % 7) for i in range(len(pairs))]
+            assert queue.send([a.fileno() for a, _ in pairs], payloads) == [len(p) for p in payloads]
+            for (_, b), payload in zip(pairs, payloads, strict=True):
+                assert read_exactly(b, len(payload)) == payload
+        for a, _ in pairs:
+            os.fstat(a.fileno())  # the caller's descriptors stay open
     finally:
-        for a, b in pairs:
-            a.close()
-            b.close()
+        close_all(pairs)
+
+
+def test_without_a_serving_thread_the_caller_sends_alone() -> None:
+    pairs = socket_pairs(50)
+    try:
+        assert SendQueue().send([a.fileno() for a, _ in pairs], [b"alone"] * 50) == [5] * 50
+        assert [read_exactly(b, 5) for _, b in pairs] == [b"alone"] * 50
+    finally:
+        close_all(pairs)
 
 
 def test_a_full_socket_reports_how_far_the_send_got(queue: SendQueue) -> None:
@@ -69,8 +78,7 @@ def test_a_full_socket_reports_how_far_the_send_got(queue: SendQueue) -> None:
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     try:
         big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
-        queue.submit([os.dup(a.fileno())], [big])
-        [[sent]] = outcomes(queue, 1)
+        [sent] = queue.send([a.fileno()], [big])
         assert 0 < sent < len(big)
         a.setblocking(True)
         received = bytearray()
@@ -89,8 +97,7 @@ def test_a_closed_peer_gives_minus_errno_and_no_signal(queue: SendQueue) -> None
     a, b = socket.socketpair()
     b.close()
     try:
-        queue.submit([os.dup(a.fileno())], [b"nobody listens"])
-        [[outcome]] = outcomes(queue, 1)
+        [outcome] = queue.send([a.fileno()], [b"nobody listens"])
         assert outcome in (-errno.EPIPE, -errno.ECONNRESET)
     finally:
         a.close()
@@ -100,23 +107,24 @@ def test_a_bad_descriptor_fails_alone(queue: SendQueue) -> None:
     a, b = socket.socketpair()
     bad = resource.getrlimit(resource.RLIMIT_NOFILE)[0] + 1  # never an open descriptor
     try:
-        queue.submit([bad, os.dup(a.fileno())], [b"lost", b"delivered"])
-        assert outcomes(queue, 1) == [[-errno.EBADF, len(b"delivered")]]
+        assert queue.send([bad, a.fileno()], [b"lost", b"delivered"]) == [-errno.EBADF, len(b"delivered")]
         assert b.recv(100) == b"delivered"
     finally:
         a.close()
         b.close()
 
 
-def test_stop_sends_what_is_queued_first() -> None:
+def test_stop_ends_the_thread_and_send_still_works() -> None:
     q = SendQueue()
+    thread = threading.Thread(target=q.serve, daemon=True)
+    thread.start()
+    q.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
     a, b = socket.socketpair()
     try:
-        q.submit([os.dup(a.fileno())], [b"queued before stop"])
-        q.stop()
-        q.serve()  # returns once the queue is empty, on this thread
-        assert q.collect() == [[len(b"queued before stop")]]
-        assert b.recv(100) == b"queued before stop"
+        assert q.send([a.fileno()], [b"after stop"]) == [len(b"after stop")]
+        assert b.recv(100) == b"after stop"
     finally:
         a.close()
         b.close()
@@ -124,80 +132,16 @@ def test_stop_sends_what_is_queued_first() -> None:
 
 def test_mismatched_lists_are_refused() -> None:
     with pytest.raises(ValueError):
-        SendQueue().submit([1, 2], [b"x"])
+        SendQueue().send([1, 2], [b"x"])
 
 
-def test_send_now_reports_like_the_queue() -> None:
-    a, b = socket.socketpair()
-    gone_a, gone_b = socket.socketpair()
-    gone_b.close()
-    try:
-        outcomes = send_now([os.dup(a.fileno()), os.dup(gone_a.fileno())], [b"here", b"nobody"])
-        assert outcomes[0] == 4 and outcomes[1] in (-errno.EPIPE, -errno.ECONNRESET)
-        assert b.recv(10) == b"here"
-    finally:
-        for s in (a, b, gone_a):
-            s.close()
-
-
-def test_submit_can_take_the_duplicates_itself(queue: SendQueue) -> None:
-    a, b = socket.socketpair()
-    try:
-        queue.submit([a.fileno(), a.fileno()], [b"one", b"two"], duplicate=True)
-        assert outcomes(queue, 1) == [[3, 3]]
-        assert read_exactly(b, 6) == b"onetwo"
-        os.fstat(a.fileno())  # the caller's own descriptor stays open
-    finally:
-        a.close()
-        b.close()
-
-
-def test_without_a_duplicate_to_spare_the_send_reports_ebadf(queue: SendQueue) -> None:
-    a, b = socket.socketpair()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    lowest_free = os.dup(0)
-    os.close(lowest_free)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor fits
-        queue.submit([a.fileno()], [b"lost"], duplicate=True)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    try:
-        assert outcomes(queue, 1) == [[-errno.EBADF]]
-        os.fstat(a.fileno())
-        a.sendall(b"still")  # the socket itself is untouched
-        assert read_exactly(b, 5) == b"still"
-    finally:
-        a.close()
-        b.close()
-
-
-def test_send_now_leaves_borrowed_descriptors_open() -> None:
-    a, b = socket.socketpair()
-    try:
-        assert send_now([a.fileno(), a.fileno()], [b"one", b"two"], close_after=False) == [3, 3]
-        os.fstat(a.fileno())  # still open: the caller's
-        assert read_exactly(b, 6) == b"onetwo"
-        assert send_now([os.dup(a.fileno())], [b"!"]) == [1]  # the default closes the duplicate
-        assert read_exactly(b, 1) == b"!"
-    finally:
-        a.close()
-        b.close()
-
-
-def test_the_descriptors_handed_over_are_closed_after_their_send(queue: SendQueue) -> None:
-    a, b = socket.socketpair()
-    try:
-        handed = [os.dup(a.fileno()) for _ in range(3)]
-        queue.submit(handed, [b"x", b"y", b"z"])
-        assert outcomes(queue, 1) == [[1, 1, 1]]
-        for fd in handed:
-            with pytest.raises(OSError):
-                os.fstat(fd)
-        assert read_exactly(b, 3) == b"xyz"  # the socket itself stays open
-    finally:
-        a.close()
-        b.close()
+def outcomes(q: SyncQueue, records: int) -> list[Any]:
+    """Wait on ``event_fd`` until ``records`` outcomes are collected."""
+    got: list[Any] = []
+    while len(got) < records:
+        assert select.select([q.event_fd], [], [], 5)[0], "the queue never signalled"
+        got += q.collect()
+    return got
 
 
 # -- the sync queue: records written at their offsets, synced a group at a time -----------------
