@@ -4,7 +4,8 @@
 #   * a Watcher is in at most one list of WatchHub._watchers (the one of its key), exactly
 #     while `registered` is true; WatchHub.count is the number of registered watchers;
 #   * notify() frames an event as one HTTP chunk once and writes that same bytes object to
-#     every matching watcher.
+#     every matching watcher; the non-stream ones an event completes get theirs together (through
+#     `deliver` when set), before any of their on_done callbacks runs.
 
 
 cdef class Watcher:
@@ -19,6 +20,7 @@ cdef class Watcher:
 
 cdef class WatchHub:
     cdef readonly object history
+    cdef public object deliver
     cdef dict _watchers
     cdef readonly Py_ssize_t count
 
@@ -26,4 +28,4 @@ cdef class WatchHub:
     cpdef notify(self, object event)
     cpdef remove(self, Watcher watcher)
     cdef void _notify_path(self, object event, str key, str path, bint deleted,
-                           unsigned long long index, list frames, list done)
+                           unsigned long long index, list frames, list finished, list done)

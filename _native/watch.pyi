@@ -2,7 +2,8 @@
 
 Each event is framed once as an HTTP chunk ``b"%x\\r\\n" % len(body) + body + b"\\r\\n"``; every
 matching watcher's transport gets that same bytes object (non-stream watchers: chunk plus
-``0\\r\\n\\r\\n`` in one write, then they are unregistered and ``on_done()`` is called).
+``0\\r\\n\\r\\n`` in one write, then they are unregistered and ``on_done()`` is called). The
+non-stream watchers one event completes get their write together, through ``deliver`` when set.
 """
 
 from collections.abc import Callable
@@ -39,7 +40,12 @@ class WatchHub:
 
     history: EventHistory
     count: int
-    def __init__(self, history: EventHistory) -> None: ...
+    deliver: Callable[[list[Transport], bytes], None] | None
+    def __init__(
+        self, history: EventHistory, deliver: Callable[[list[Transport], bytes], None] | None = None
+    ) -> None:
+        """``deliver(transports, data)`` writes ``data`` to each of ``transports`` (the ones an
+        event completes, in order); None: each gets ``transport.write(data)``."""
     def watch(self, watcher: Watcher, current_index: int) -> Event | None:
         """A matching history event (the watcher is then not registered, even a stream one),
         or None after registering. V2Error 401 (index = ``current_index``) when cleared."""

@@ -4,6 +4,8 @@
 An event is framed once as an HTTP chunk (``<hex length>\\r\\n<body>\\r\\n``) and that same bytes
 object is written to every matching watcher; a non-stream watcher gets the chunk followed by
 the last chunk (``0\\r\\n\\r\\n``) in one write, is unregistered and its ``on_done()`` is called.
+The non-stream watchers an event completes get their write together, through ``deliver`` when
+the hub has one (a fan-out's sends can then leave from several threads at once).
 """
 
 cimport cython
@@ -41,10 +43,16 @@ cdef class Watcher:
 
 @cython.final
 cdef class WatchHub:
-    """Watchers by watched key, plus the event history that ``waitIndex`` watches scan."""
+    """Watchers by watched key, plus the event history that ``waitIndex`` watches scan.
 
-    def __init__(self, history):
+    ``deliver(transports, data)``, when set, writes ``data`` (a whole answer: an event's chunk and
+    the last chunk) to each of ``transports``, at once: the transports of the non-stream watchers
+    one event completes, in the order they matched. Without it each gets ``transport.write``.
+    """
+
+    def __init__(self, history, deliver=None):
         self.history = history
+        self.deliver = deliver
         self._watchers = {}
         self.count = 0
 
@@ -102,23 +110,31 @@ cdef class WatchHub:
         """
         cdef str key
         cdef unsigned long long index
-        cdef list frames, done
+        cdef list frames, finished, done
         cdef Py_ssize_t pos
         if not self._watchers or event.refresh:
             return
         key = event.key
         index = event.index
-        frames = [None, None]
-        done = []
+        frames = [None]
+        finished = []  # the transports of the non-stream watchers this event completes
+        done = []  # their on_done callbacks
         for path in event.removed:
-            self._notify_path(event, key, path, True, index, frames, done)
-        self._notify_path(event, key, "/", False, index, frames, done)
+            self._notify_path(event, key, path, True, index, frames, finished, done)
+        self._notify_path(event, key, "/", False, index, frames, finished, done)
         pos = key.find("/", 1)
         while pos > 0:
-            self._notify_path(event, key, key[:pos], False, index, frames, done)
+            self._notify_path(event, key, key[:pos], False, index, frames, finished, done)
             pos = key.find("/", pos + 1)
         if key != "/":
-            self._notify_path(event, key, key, False, index, frames, done)
+            self._notify_path(event, key, key, False, index, frames, finished, done)
+        if finished:
+            last = frames[0] + _LAST_CHUNK
+            if self.deliver is None:
+                for transport in finished:
+                    transport.write(last)
+            else:
+                self.deliver(finished, last)
         first_error = None
         for on_done in done:
             try:
@@ -130,7 +146,7 @@ cdef class WatchHub:
             raise first_error
 
     cdef void _notify_path(self, object event, str key, str path, bint deleted,
-                           unsigned long long index, list frames, list done):
+                           unsigned long long index, list frames, list finished, list done):
         """Feed the watchers registered at ``path``; keep the ones that stay registered."""
         cdef list waiting = self._watchers.get(path)
         cdef list kept
@@ -158,9 +174,7 @@ cdef class WatchHub:
                 transport.write(frames[0])
                 kept.append(w)
                 continue
-            if frames[1] is None:
-                frames[1] = frames[0] + _LAST_CHUNK
-            transport.write(frames[1])
+            finished.append(transport)
             w.registered = False
             self.count -= 1
             done.append(w.on_done)

@@ -60,6 +60,8 @@ async def start_client_listeners(node: Any, settings: Settings,
     connections = ConnectionSet(loop)
     if hasattr(node, "quiet_hint"):
         node.quiet_hint = connections.quiet
+    if hasattr(node, "hub"):
+        node.hub.deliver = connections.writer.write_all  # the answers of a fan-out leave together
 
     def factory() -> HttpProtocol:
         return HttpProtocol(app, connections)

@@ -7,7 +7,9 @@ dozens. ``AnswerWriter`` shares those out: the first answer of a loop pass goes 
 through its transport (a lone client waits for nothing); ``write`` gathers the others, and at
 the end of the pass, when they are at least ``FAN_OUT``, the loop sends them together with a
 compiled send queue's thread, the GIL released, each taking the next unsent answer; fewer are
-written through their transports.
+written through their transports. The watch hub's fan-out does not wait for the end of the pass:
+``write_all`` sends the answers of the long polls one event completes at once, before the hub
+does its bookkeeping for them.
 
 Contract with a connection (``HttpProtocol``): while one of its answers is with the writer
 (``sending``) whatever else it writes waits, in order, and so does a close. The sends use the
@@ -36,8 +38,10 @@ MAX_ANSWER = 1 << 16  # bigger answers go through the transport, which buffers w
 class Connection(Protocol):
     transport: Any
     write_paused: bool
+    sending: bool  # one of its answers is with the writer
     fd: int  # the socket's descriptor, as its transport holds it
 
+    def write(self, data: bytes) -> None: ...
     def written(self, data: bytes, sent: int) -> None: ...
 
 
@@ -75,6 +79,31 @@ class AnswerWriter:
         outcomes = self._started().send([conn.fd for conn, _ in usable], [data for _, data in usable])
         for (conn, data), sent in zip(usable, outcomes, strict=True):
             conn.written(data, sent)
+
+    def write_all(self, conns: list[Connection], data: bytes) -> None:
+        """Write ``data`` to each of ``conns`` now, as its own ``write`` would: the watch hub's
+        ``deliver``, for the long-poll watchers one event completes. From ``FAN_OUT`` of them,
+        those whose socket can take it at once (nothing with the writer or in the transport's
+        buffer, not closing) are sent together by the loop and the thread, and what a socket
+        did not take goes to its transport; the others, and all of a smaller group, get
+        ``conn.write``. Call it from synchronous work only: the sends use the sockets' own
+        descriptors, which must not close before it returns."""
+        if len(conns) < FAN_OUT or len(data) > MAX_ANSWER:
+            for conn in conns:
+                conn.write(data)
+            return
+        ready: list[Connection] = []
+        for conn in conns:
+            transport = conn.transport
+            if (conn.sending or conn.write_paused or conn.fd < 0 or transport.get_write_buffer_size()
+                    or transport.is_closing()):
+                conn.write(data)
+            else:
+                ready.append(conn)
+        outcomes = self._started().send([conn.fd for conn in ready], [data] * len(ready))
+        for conn, sent in zip(ready, outcomes, strict=True):
+            if sent < len(data):
+                conn.transport.write(data[max(sent, 0):])  # the rest, or the error, to the transport
 
     def _started(self) -> SendQueue:
         if self._queue is None:

@@ -252,7 +252,7 @@ class Node:
     def _restore(self, snap: RaftSnapshot, read_members: bool = True) -> None:
         """Replace the applied state by a snapshot's (at recovery, or sent by the leader)."""
         self.store = Store.restore(snap.data)
-        self.hub = WatchHub(self.store.history)
+        self.hub = WatchHub(self.store.history, self.hub.deliver)
         if read_members:
             self._members, self._removed = membership.read_members(self.store, 0)
         self.applied_index = self.snapshot_index = snap.index

@@ -85,6 +85,26 @@ def test_fan_out_writes_the_same_bytes_object_to_everyone() -> None:
     assert bench.hub.count == 2  # stream watchers stay
 
 
+def test_deliver_gets_the_long_polls_one_event_completes_together_before_their_on_done() -> None:
+    bench = Bench()
+    calls: list[tuple[list[FakeTransport], bytes, list[int]]] = []
+    polls = [bench.watch("/k")[1], bench.watch("/", recursive=True)[1], bench.watch("/k")[1]]
+    _, stream = bench.watch("/k", stream=True)
+    _, elsewhere = bench.watch("/other")
+    bench.hub.deliver = lambda transports, data: calls.append((transports, data, [t.done for t in polls]))
+    body = bench.set("/k")
+    # matched in the hub's order: "/" (recursive) before the key itself, each list in order
+    assert [(transports, data) for transports, data, _ in calls] == [([polls[1], polls[0], polls[2]],
+                                                                      chunk(body) + LAST)]
+    assert calls[0][2] == [0, 0, 0]  # none was done yet when deliver ran
+    assert [t.done for t in polls] == [1, 1, 1] and all(t.writes == [] for t in polls)
+    assert stream.writes == [chunk(body)]  # a stream watcher is written to as before
+    assert elsewhere.writes == [] and bench.hub.count == 2
+    again = bench.set("/k")
+    assert len(calls) == 1  # an event that completes no long poll does not call deliver
+    assert stream.writes == [chunk(body), chunk(again)]
+
+
 def test_stream_watchers_get_one_chunk_per_event() -> None:
     bench = Bench()
     _, transport = bench.watch("/s", stream=True)
