@@ -200,17 +200,19 @@ def stop_all(servers: list[Server]) -> None:
 
 
 def leader(members: list[Server], timeout: float = 30.0) -> Server:
-    """The member that reports itself leader (polled until one does)."""
+    """The leader of a settled cluster: polled until one member reports itself leader and every
+    other one a follower (right after an election, or one a loaded machine caused, a member may
+    still be a candidate)."""
     deadline = time.monotonic() + timeout
     while True:
-        for member in members:
-            try:
-                if member.state() == "StateLeader":
-                    return member
-            except (OSError, RuntimeError, ValueError, KeyError):
-                pass
+        try:
+            states = [member.state() for member in members]
+        except (OSError, RuntimeError, ValueError, KeyError):
+            states = []
+        if states.count("StateLeader") == 1 and states.count("StateFollower") == len(members) - 1:
+            return members[states.index("StateLeader")]
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no member of {[m.name for m in members]} reports itself leader")
+            raise RuntimeError(f"{[m.name for m in members]} did not settle on a leader: {states}")
         time.sleep(0.1)
 
 
