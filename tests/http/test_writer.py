@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from fastkv.http.writer import FAN_OUT, AnswerWriter
+from tests.sockets import read_exactly
 
 
 @dataclass
@@ -77,21 +78,12 @@ def close(made: list[tuple[FakeConnection, socket.socket]]) -> None:
         theirs.close()
 
 
-def receive(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, "closed early"
-        data += chunk
-    return data
-
-
 def test_a_fan_out_reaches_every_socket_directly(writer: AnswerWriter) -> None:
     made = pairs(FAN_OUT * 4)
     try:
         writer.write_all([conn for conn, _ in made], b"the event")
         for conn, theirs in made:
-            assert receive(theirs, 9) == b"the event"
+            assert read_exactly(theirs, 9) == b"the event"
             assert conn.writes == [] and conn.transport.writes == []
     finally:
         close(made)
@@ -110,7 +102,7 @@ def test_connections_that_cannot_take_it_at_once_get_their_own_write(writer: Ans
             if conn in busy:
                 assert conn.writes == [b"event"] and conn.transport.writes == []
             else:
-                assert receive(theirs, 5) == b"event" and conn.writes == []
+                assert read_exactly(theirs, 5) == b"event" and conn.writes == []
         for conn, theirs in made:
             if conn in busy:
                 theirs.setblocking(False)
@@ -131,11 +123,11 @@ def test_what_a_socket_does_not_take_goes_to_its_transport(writer: AnswerWriter)
         writer.write_all([conn for conn, _ in made], data)
         [rest] = full.transport.writes
         assert 0 < len(rest) < len(data) and data.endswith(rest)
-        assert receive(made[3][1], len(data) - len(rest)) == data[: len(data) - len(rest)]
+        assert read_exactly(made[3][1], len(data) - len(rest)) == data[: len(data) - len(rest)]
         assert gone.transport.writes == [data]  # a closed peer: the transport meets the error
         for i, (conn, theirs) in enumerate(made):
             if i not in (3, 7):
-                assert receive(theirs, len(data)) == data and conn.transport.writes == []
+                assert read_exactly(theirs, len(data)) == data and conn.transport.writes == []
     finally:
         close(made)
 

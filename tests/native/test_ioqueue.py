@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from fastkv._native.ioqueue import SendQueue, SyncQueue
+from tests.sockets import read_exactly
 
 
 @pytest.fixture
@@ -29,15 +30,6 @@ def queue() -> Iterator[SendQueue]:
     q.stop()
     thread.join(timeout=5)
     assert not thread.is_alive()
-
-
-def read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, "peer closed early"
-        data += chunk
-    return data
 
 
 def socket_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
