@@ -6,6 +6,8 @@ so the first user write is 4. Time is passed in; nothing sleeps.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from fastkv._native.store import (
@@ -421,6 +423,24 @@ def test_snapshot_restore_round_trip() -> None:
         e.body for e in store.delete_expired(NOW + 60 * S)]
     after = restored.set("/1/n", False, "v", 0, False, NOW)
     assert after.body == store.set("/1/n", False, "v", 0, False, NOW).body
+
+
+def test_restore_leaves_the_garbage_collector_as_it_found_it() -> None:
+    """The restore pauses the cyclic collector while it builds the tree; it must come back on,
+    also after a snapshot that does not decode, and stay off for a caller that turned it off."""
+    snapshot = fresh().snapshot()
+    assert gc.isenabled()
+    Store.restore(snapshot)
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        Store.restore(snapshot + b"trailing bytes")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        Store.restore(snapshot)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_every_mutation_appends_one_event_with_the_new_index() -> None:
