@@ -108,6 +108,7 @@ cdef class Store:
     cdef void _heap_push(self, Node n)
     cdef void _heap_remove(self, Node n)
     cdef void _heap_fix(self, Node n)
+    cdef bytes _snapshot(self)
 
     # encoding
     cdef int _w_fields(self, str path, str value, bint is_dir, int64_t expire_ns, int64_t now_ns,

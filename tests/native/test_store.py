@@ -425,10 +425,12 @@ def test_snapshot_restore_round_trip() -> None:
     assert after.body == store.set("/1/n", False, "v", 0, False, NOW).body
 
 
-def test_restore_leaves_the_garbage_collector_as_it_found_it() -> None:
-    """The restore pauses the cyclic collector while it builds the tree; it must come back on,
-    also after a snapshot that does not decode, and stay off for a caller that turned it off."""
-    snapshot = fresh().snapshot()
+def test_snapshot_and_restore_leave_the_garbage_collector_as_they_found_it() -> None:
+    """Both pause the cyclic collector while they work; it must come back on, also after a
+    snapshot that does not decode, and stay off for a caller that turned it off."""
+    store = fresh()
+    assert gc.isenabled()
+    snapshot = store.snapshot()
     assert gc.isenabled()
     Store.restore(snapshot)
     assert gc.isenabled()
@@ -437,7 +439,7 @@ def test_restore_leaves_the_garbage_collector_as_it_found_it() -> None:
     assert gc.isenabled()
     gc.disable()
     try:
-        Store.restore(snapshot)
+        Store.restore(store.snapshot())
         assert not gc.isenabled()
     finally:
         gc.enable()
