@@ -4,7 +4,7 @@ module's documentation for the contract)."""
 from typing import Any
 
 from fastkv._native.raft import Entry
-from fastkv._native.store import Store
+from fastkv._native.store import Event, Store
 from fastkv._native.watch import WatchHub
 
 def apply_requests(
@@ -15,3 +15,7 @@ def apply_requests(
     start: int,
     applied_index: int,
 ) -> tuple[int, int, int, str | None]: ...
+
+def notify_watchers(hub: WatchHub, event: Event) -> bool:
+    """Tell ``event``'s watchers (a failure is logged, not raised); whether it changed a key
+    below ``/0/``."""

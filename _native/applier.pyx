@@ -38,6 +38,16 @@ log = logging.getLogger("fastkv.server")
 cdef Py_ssize_t _HEAD = 17  # tag, id, now_ns
 
 
+cpdef bint notify_watchers(WatchHub hub, Event event):
+    """Tell ``event``'s watchers (a failure is logged, never raised: a broken watcher must not
+    stall the log); whether the event changed a key below ``/0/`` (a membership record)."""
+    try:
+        hub.notify(event)
+    except Exception:
+        log.exception("notifying watchers of index %d failed", event.index)
+    return event.key.startswith("/0/")
+
+
 cdef inline uint64_t _big_endian(const unsigned char *p) noexcept nogil:
     cdef uint64_t value = 0
     cdef int i
@@ -74,13 +84,8 @@ def apply_requests(Store store, WatchHub hub, dict waiters, list entries, Py_ssi
             outcome = error
         else:
             event = <Event> outcome
-            if event.action != "get":
-                try:
-                    hub.notify(event)
-                except Exception:
-                    log.exception("notifying watchers of index %d failed", event.index)
-                if event.key.startswith("/0/"):
-                    member_key = event.key
+            if event.action != "get" and notify_watchers(hub, event):
+                member_key = event.key
         index, term = entry.index, entry.term
         i += 1
         waiter = waiters.pop(_big_endian(raw + 1), None)

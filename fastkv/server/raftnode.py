@@ -39,7 +39,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from fastkv import identity, metrics
-from fastkv._native.applier import apply_requests
+from fastkv._native.applier import apply_requests, notify_watchers
 from fastkv._native.logstore import CorruptLogError, LogStore
 from fastkv._native.raft import (
     STATE_NAMES,
@@ -799,11 +799,7 @@ class Node:
 
     def _notify_all(self, events: list[Event]) -> list[Event]:
         for event in events:
-            try:
-                self.hub.notify(event)
-            except Exception:  # a broken watcher must not stall the log
-                log.exception("notifying watchers of index %d failed", event.index)
-            if event.key.startswith("/0/"):
+            if notify_watchers(self.hub, event):
                 self._member_changed(event.key)
         return events
 
