@@ -145,7 +145,7 @@ class UnitTable:
 
     async def unload(self, name: str) -> None:
         """Stop ``name`` (waiting), then forget it and remove its unit file; unknown names are ignored."""
-        unit = self._units.get(name) or self._restore(name)
+        unit = self._loaded(name)
         if unit is None:
             return
         await self.stop(name)
@@ -165,9 +165,13 @@ class UnitTable:
     async def stop(self, name: str) -> None:
         raise NotImplementedError
 
+    def _loaded(self, name: str) -> Any:
+        """The loaded unit ``name``, else the one left in the state dir (registered now), else None."""
+        return self._units.get(name) or self._restore(name)
+
     def _require(self, name: str) -> Any:
         """The loaded (or restorable) unit ``name``; ``UnitRuntimeError`` when there is none."""
-        unit = self._units.get(name) or self._restore(name)
+        unit = self._loaded(name)
         if unit is None:
             raise UnitRuntimeError(f"Unit {name} not found.")
         return unit
