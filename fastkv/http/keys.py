@@ -30,12 +30,10 @@ from fastkv.http.form import FormError, is_form_content_type, parse_bool, parse_
 from fastkv.http.responses import JSON, App, Pending, Response, http_date, method_not_allowed
 
 if TYPE_CHECKING:
-    from fastkv._native.store import Event
     from fastkv.http.protocol import HttpProtocol, Request
-    from fastkv.server.raftnode import Waiter
 
 __all__ = ["KEYS_PREFIX", "WATCHING", "KeyRequest", "Proposal", "handle_keys", "internal_path",
-           "parse_key_request", "plain_get", "plain_put", "plain_read_flags"]
+           "parse_key_request", "plain_get", "plain_read_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -293,26 +291,6 @@ def plain_get(app: App, path: str, recursive: bool, sorted: bool) -> bytes | Res
                                   node.raft_index, node.raft_term, http_date())
     except V2Error as error:
         return error_response(app, error)
-
-
-def plain_put(app: App, path: str, value: str, waiter: Waiter) -> Response | None:
-    """The hot path of writes: a ``PUT`` to the internal ``path`` whose form is ``value`` alone
-    (no query), what ``parse_key_request`` and ``encode_write`` make of it: a plain set, proposed
-    with ``waiter``; or the answer at once when this member is stopping."""
-    app.node.store.auth_enabled()
-    try:
-        app.node.submit_request(encode_request(OP_SET, path, value), waiter)
-    except V2Error as error:
-        return error_response(app, error)
-    return None
-
-
-def plain_put_answer(app: App, event: Event) -> bytes:
-    """The whole answer to a plain write that applied as ``event``: what the connection writes
-    for its ``Proposal``'s response."""
-    node = app.node
-    return event.response(app.json_head(201 if event.created else 200), node.raft_index, node.raft_term,
-                          http_date())
 
 
 def start_watch(app: App, r: KeyRequest, conn: HttpProtocol) -> Response | object:

@@ -25,7 +25,6 @@ import httptools
 
 from fastkv import metrics
 from fastkv._native.plainreq import MAX_BYTES as PLAIN_PUT_MAX
-from fastkv._native.plainreq import match_plain_put
 from fastkv.http.endpoints import dispatch
 from fastkv.http.form import FormError, path_unescape
 from fastkv.http.keys import (
@@ -33,8 +32,6 @@ from fastkv.http.keys import (
     WATCHING,
     failure_response,
     plain_get,
-    plain_put,
-    plain_put_answer,
     plain_read_flags,
 )
 from fastkv.http.responses import (
@@ -254,23 +251,6 @@ class ConnectionSet:
         self.writer.close()
 
 
-class _PlainWrite(Pending):
-    """The node's waiter for one plain write: settled once, it has the connection answer at once
-    (no ``response()``: the connection builds the plain write's answer itself)."""
-
-    __slots__ = ("conn", "req")
-
-    def __init__(self, conn: HttpProtocol, req: Request) -> None:
-        super().__init__()
-        self.conn = conn
-        self.req = req
-
-    def _settle(self, result: Any, error: BaseException | None) -> None:
-        if not self._done:
-            self._done = True
-            self.conn.plain_written(self.req, result, error)
-
-
 class HttpProtocol(asyncio.Protocol):
     """An HTTP/1.1 connection to a client."""
 
@@ -337,11 +317,8 @@ class HttpProtocol(asyncio.Protocol):
                     if flags is not None:
                         self._answer_plain_get(match[1], *flags)
                         return
-            else:
-                plain = match_plain_put(data)
-                if plain is not None:
-                    self._answer_plain_put(*plain)
-                    return
+            elif self.app.plain_writes.take(data, self):
+                return
         if recovery.held is not None:
             self._reparse(recovery.held + data)
             return
@@ -504,37 +481,18 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.send(Request(b"GET", KEYS_PREFIX + path[2:], b"", b"", None, None, True, "1.1"), response)
 
-    def _answer_plain_put(self, key: str, value: str) -> None:
-        """Answer a write that ``match_plain_put`` recognised as the parser and ``dispatch``
-        would: counted, then ``keys.plain_put`` (``key`` is the path below ``/v2/keys``), whose
-        answer ``_PlainWrite`` writes as soon as the node settles it."""
-        _received(b"PUT").inc()
-        req = Request(b"PUT", KEYS_PREFIX + key, b"", b"", _FORM, None, True, "1.1")
-        self.current = req
-        try:
-            refused = plain_put(self.app, "/1" + key, value, _PlainWrite(self, req))
-        except Exception:
-            log.exception("request PUT %s failed", req.path)
-            refused = INTERNAL_ERROR
-        if refused is None:
-            self.busy = True
-        else:
-            self.send(req, refused)
-
-    def plain_written(self, req: Request, event: Any, error: BaseException | None) -> None:
-        """The plain write ``req`` applied as ``event`` (or failed with ``error``), inside the
-        node's apply: write the answer; whatever else the connection has to do waits."""
+    def plain_written(self, answer: bytes | None, key: str, error: BaseException | None) -> None:
+        """The plain write of ``key`` (below ``/v2/keys``), which ``App.plain_writes`` took, is
+        settled, inside the node's apply (or at once, refused): write ``answer``, its whole
+        answer, else the answer to ``error``; whatever else the connection has to do waits."""
         self.busy = False
         if self.closed:
             return
-        try:
-            if error is None:
-                self._write_answer(plain_put_answer(self.app, event))
-            else:
-                self.send(req, failure_response(self.app, error))
-        except Exception:
-            log.exception("request PUT %s failed", req.path)
-            self.send(req, INTERNAL_ERROR)
+        if answer is not None:
+            self._write_answer(answer)
+        else:
+            req = Request(b"PUT", KEYS_PREFIX + key, b"", b"", _FORM, None, True, "1.1")
+            self.send(req, failure_response(self.app, error))
         self._drain_later()
 
     def _answer(self, req: Request) -> None:

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from fastkv import identity, metrics
 from fastkv._native.applier import apply_requests, notify_watchers
 from fastkv._native.logstore import CorruptLogError, LogStore
+from fastkv._native.proposals import STOPPED, Proposals
 from fastkv._native.raft import (
     STATE_NAMES,
     ConfChange,
@@ -65,7 +66,6 @@ from fastkv.server.logthread import LogThread
 from fastkv.server.membership import Member, MembershipError
 from fastkv.storage.raftlog import (
     TAG_MEMBER,
-    TAG_REQUEST,
     TAG_SYNC,
     RaftStorage,
     decode_snapshot,
@@ -81,7 +81,6 @@ SWEEP_INTERVAL_S = 0.5
 REPLAY_CHUNK = 10_000
 COMPACT_MARGIN = 5000
 MAX_PEER_FRAME = 512 * 1024 * 1024  # a snapshot travels in one frame
-_STOPPED = "etcdserver: server stopped"
 REMOVED_NOTICE = "removed"  # a peer message (not Raft): "you were removed from the cluster"
 HEALTH_INTERVAL_S = 5.0  # etcd's: a reconfiguration needs links to the voters up for this long
 _EARLY = frozenset((MsgApp, MsgHeartbeat))  # a leader's messages that may leave before its sync
@@ -170,13 +169,14 @@ class Node:
         self.transport: Any = None
         self._members: list[Member] = []
         self._removed: set[int] = set()
-        self._waiters: dict[_Key, tuple[Waiter, float]] = {}
+        now_ms = time.time_ns() // 1_000_000
+        first_id = ((self.member_id & 0xFFFF) << 48) | ((now_ms << 8) & 0xFFFFFFFFFFFF)
+        # Waiters by key and the normal entries the next pass proposes (its kick schedules it).
+        self.proposals = Proposals(first_id, clock, config.proposal_timeout_s, self._kick)
+        self._waiters: dict[_Key, tuple[Waiter, float]] = self.proposals.waiters
         self._held: list[tuple[_Key, bytes | ConfChange]] = []  # dropped for want of a leader
-        self._batch: list[tuple[_Key, bytes]] = []  # normal entries the next pass proposes
         self._heard: dict[int, float] = {}
         self._peers: dict[int, tuple[str, ...]] = {}
-        now_ms = time.time_ns() // 1_000_000
-        self._ids = itertools.count(((self.member_id & 0xFFFF) << 48) | ((now_ms << 8) & 0xFFFFFFFFFFFF))
         self._log_thread: LogThread | None = None
         self._stopping = False
         self._halt = False
@@ -318,9 +318,9 @@ class Node:
         """Publish this member's name and client URLs; a leader also records the cluster version."""
         key = membership.member_key(self.member_id) + "/attributes"
         value = membership.attributes(self.name, self.config.client_urls)
-        startup = [self._submit_request(encode_request(OP_SET, key, value))]
+        startup = [self.submit_request(encode_request(OP_SET, key, value))]
         if self.raw.state == StateLeader and self._cluster_version() != membership.CLUSTER_VERSION:
-            startup.append(self._submit_request(encode_request(
+            startup.append(self.submit_request(encode_request(
                 OP_SET, membership.VERSION_KEY, membership.CLUSTER_VERSION)))
         await asyncio.gather(*startup)
         assert self._published is not None
@@ -348,7 +348,7 @@ class Node:
         while not self._stopping and self._cluster_version() != membership.CLUSTER_VERSION:
             if self.raw.state == StateLeader:
                 with contextlib.suppress(ProposalTimeout, V2Error):
-                    await self._submit_request(encode_request(
+                    await self.submit_request(encode_request(
                         OP_SET, membership.VERSION_KEY, membership.CLUSTER_VERSION))
             await asyncio.sleep(0.2)
 
@@ -361,7 +361,7 @@ class Node:
         proposals, let the Ready in flight finish, save the commit index, close the log."""
         if self._stopping:
             return
-        self._stopping = True
+        self._stopping = self.proposals.closed = True
         await self._transfer_leadership()
         for task in (self._ticker, self._publisher):
             if task is not None:
@@ -375,7 +375,7 @@ class Node:
         if self._snapshot_task is not None:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
-        stopped = V2Error(300, _STOPPED, 0)
+        stopped = V2Error(300, STOPPED, 0)
         for future, _ in self._waiters.values():
             _settle(future, stopped)
         self._waiters.clear()
@@ -569,7 +569,7 @@ class Node:
             _settle(future, failure)
         self._waiters.clear()
         self._held.clear()
-        self._batch = []
+        self.proposals.batch.clear()
         self.storage.commit_floor = self.applied_index
         self.raw = RawNode(self._raft_config(), self.storage)
         if self.raw.status().voters == (self.member_id,):
@@ -645,9 +645,9 @@ class Node:
             if key not in self._waiters:
                 continue
             if isinstance(payload, ConfChange):
-                self._propose(key, payload)
+                self._propose_conf_change(key, payload)
             else:
-                self._batch.append((key, payload))
+                self.proposals.batch.append((key, payload))
         if self._flush_proposals():  # dropped again: held, with no new pass (no busy loop)
             self._kick()
 
@@ -663,47 +663,41 @@ class Node:
         """``propose`` without a coroutine: the waiter (a new future when none is given) gets
         the Event, or the V2Error the store raised, or ``ProposalTimeout``. Raises V2Error (300)
         at once when stopping."""
-        if self._stopping:
-            raise V2Error(300, _STOPPED, 0)
-        return self._submit_request(request, waiter)
+        return self.proposals.submit_request(request, self._future() if waiter is None else waiter)
 
     def _next_id(self) -> int:
-        return next(self._ids) & 0xFFFFFFFFFFFFFFFF
+        return self.proposals.next_id()
 
-    def _submit_request(self, request: bytes, waiter: Waiter | None = None) -> Any:
-        pid = self._next_id()
-        return self._submit(pid, TAG_REQUEST + _ID_STAMP.pack(pid, self.clock()) + request, waiter)
+    def _future(self) -> asyncio.Future[Any]:
+        loop = self._loop or asyncio.get_running_loop()  # the stored loop: no getpid() per call
+        return loop.create_future()
 
-    def _submit(self, key: _Key, payload: bytes | ConfChange, waiter: Waiter | None = None) -> Any:
-        if waiter is None:
-            loop = self._loop or asyncio.get_running_loop()  # the stored loop: no getpid() per call
-            waiter = loop.create_future()
-        self._waiters[key] = (waiter, time.monotonic() + self.config.proposal_timeout_s)
-        self._propose(key, payload)
-        return waiter
-
-    def _propose(self, key: _Key, payload: bytes | ConfChange) -> None:
-        """Hand a proposal to the core: a normal entry joins the batch the next pass of the
-        loop proposes in one step (one append, one MsgApp per follower); a configuration change
-        goes at once, after that batch. One dropped for want of a leader waits for the next."""
+    def _submit(self, key: _Key, payload: bytes | ConfChange) -> Any:
+        """Propose ``payload`` under ``key``; the new future that gets its outcome. A normal entry
+        joins the batch the next pass of the loop proposes in one step (one append, one MsgApp
+        per follower); a configuration change goes at once, after that batch."""
         if isinstance(payload, ConfChange):
-            self._flush_proposals()
-            try:
-                self.raw.propose_conf_change(payload)
-            except ProposalDropped:
-                self._held.append((key, payload))
-                return
-        else:
-            self._batch.append((key, payload))
+            waiter = self.proposals.register(key, self._future())
+            self._propose_conf_change(key, payload)
+            return waiter
+        return self.proposals.add(key, payload, self._future())
+
+    def _propose_conf_change(self, key: _Key, cc: ConfChange) -> None:
+        """Propose ``cc`` after the batch; one dropped for want of a leader waits for the next."""
+        self._flush_proposals()
+        try:
+            self.raw.propose_conf_change(cc)
+        except ProposalDropped:
+            self._held.append((key, cc))
+            return
         self._kick()
 
     def _flush_proposals(self) -> bool:
         """Propose the batch of normal entries, in order, in one step; True when the core took
         them (False: none, or dropped for want of a leader and held)."""
-        batch = self._batch
+        batch = self.proposals.take()
         if not batch:
             return False
-        self._batch = []
         try:
             self.raw.propose_many([payload for _, payload in batch])
         except ProposalDropped:
@@ -963,7 +957,7 @@ class Node:
 
     def _check_live(self) -> None:
         if self._stopping:
-            raise V2Error(300, _STOPPED, 0)
+            raise V2Error(300, STOPPED, 0)
 
     async def _check_change(self, kind: str, member_id: int, peer_urls: list[str] | tuple[str, ...]) -> None:
         """etcd's order: the strict reconfiguration check on this member (500), then the change

@@ -131,3 +131,18 @@ def test_a_failed_proposal_is_etcds_timeout_answer(pair: tuple[Client, Client]) 
     (reply,) = parse_replies(client.take())
     assert reply.status == 500
     assert reply.json()["errorCode"] == 300
+
+
+def test_a_write_refused_by_a_stopping_member_is_answered_as_the_general_path(
+        pair: tuple[Client, Client]) -> None:
+    plain_client, general_client = pair
+    for c in pair:
+        c.node.stopping = True
+    request = _put("/v2/keys/k", "value=1")
+    plain = _answer(plain_client, request)
+    general = _answer(general_client, request.replace(b"\r\n\r\n", b"\r\nX-Request-Kind: general\r\n\r\n", 1))
+    assert plain == general
+    (reply,) = parse_replies(plain)
+    assert (reply.status, reply.json()["errorCode"]) == (500, 300)
+    assert plain_client.node.store.stats() == general_client.node.store.stats()
+    assert not plain_client.protocol.busy

@@ -16,6 +16,7 @@ from typing import Any
 import httptools
 import pytest
 
+from fastkv._native.proposals import STOPPED
 from fastkv._native.store import Store, V2Error
 from fastkv._native.watch import WatchHub
 from fastkv.http.protocol import MAX_BODY_BYTES, ConnectionSet, HttpProtocol
@@ -60,6 +61,7 @@ class FakeNode:
     recv_append_count: int = 0
     healthy: bool = True
     fail_proposals: bool = False
+    stopping: bool = False  # proposals are refused at once, as a stopping member refuses them
     member_list: list[Member] = field(default_factory=lambda: [
         Member(MEMBER_ID, "a", ["http://127.0.0.1:2380"], ["http://127.0.0.1:2379"])])
     loop: asyncio.AbstractEventLoop | None = None  # the loop proposals settle on (else the running one)
@@ -73,6 +75,8 @@ class FakeNode:
     def submit_request(self, request: bytes, waiter: Any = None) -> Any:
         """Apply at once; ``waiter`` (a new future when None) is settled in a later loop pass,
         as the node settles it once the entry is committed."""
+        if self.stopping:
+            raise V2Error(300, STOPPED, 0)
         loop = self.loop or asyncio.get_running_loop()
         future = waiter if waiter is not None else loop.create_future()
         outcome: Any
