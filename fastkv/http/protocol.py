@@ -591,12 +591,16 @@ class HttpProtocol(asyncio.Protocol):
         if not self.sending:
             return
         self.sending = False
-        held, self.held = self.held, []
+        held = self.held
+        if held:
+            self.held = []
         if self.closed and not self.close_pending:  # aborted or lost: nobody reads any more
             return
-        rest = data[max(sent, 0):] if sent < len(data) else b""
-        if rest or held:
-            self.transport.write(b"".join((rest, *held)))
+        if sent < len(data):
+            rest = data[sent:] if sent > 0 else data
+            self.transport.write(b"".join((rest, *held)) if held else rest)
+        elif held:
+            self.transport.write(b"".join(held))
         if self.close_pending:
             self.close_pending = False
             self.transport.close()
