@@ -179,7 +179,8 @@ def match_plain_put(bytes data):
 @cython.final
 cdef class PlainWrites:
     """The plain write's lane of one server (see the module doc). ``node`` gives ``store``,
-    ``cluster_id``, ``raft_index`` and ``raft_term``; ``json_head(status)`` the start of a JSON
+    ``cluster_id`` and ``raw``, its Raft core, whose ``committed`` and ``term`` are the answer's
+    ``X-Raft-Index`` and ``X-Raft-Term`` (``raft_index`` and ``raft_term`` of the node); ``json_head(status)`` the start of a JSON
     answer; ``submit(request, waiter)`` proposes a store request (raising V2Error when it
     cannot); ``received`` is the series counting PUT requests (its ``value`` goes up by one per
     write taken); ``http_date(second)`` the ``Date`` value of a second."""
@@ -236,7 +237,8 @@ cdef class PlainWrites:
         if second != self._second:
             self._date = self._http_date(second)
             self._second = second
-        return event.response(self._heads[event.created], node.raft_index, node.raft_term, self._date)
+        raw = node.raw  # the Raft core, replaced when the node rebuilds it
+        return event.response(self._heads[event.created], raw.committed, raw.term, self._date)
 
 
 @cython.final

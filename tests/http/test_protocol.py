@@ -43,12 +43,19 @@ class MembershipError(Exception):
 
 
 @dataclass
+class RaftStatus:
+    """What the HTTP layer reads of the node's Raft core."""
+
+    committed: int
+    term: int
+
+
+@dataclass
 class FakeNode:
     """A single member whose log applies every proposal at once."""
 
     store: Store = field(default_factory=Store)
-    raft_index: int = 3
-    raft_term: int = 2
+    raw: RaftStatus = field(default_factory=lambda: RaftStatus(committed=3, term=2))
     commit_index: int = 3
     cluster_id: int = CLUSTER_ID
     member_id: int = MEMBER_ID
@@ -69,6 +76,14 @@ class FakeNode:
     def __post_init__(self) -> None:
         self.hub = WatchHub(self.store.history)
 
+    @property
+    def raft_index(self) -> int:
+        return self.raw.committed
+
+    @property
+    def raft_term(self) -> int:
+        return self.raw.term
+
     async def propose(self, request: bytes):  # type: ignore[no-untyped-def]
         return await self.submit_request(request)
 
@@ -83,7 +98,7 @@ class FakeNode:
         if self.fail_proposals:
             outcome = TimeoutError("etcdserver: request timed out")
         else:
-            self.raft_index += 1
+            self.raw.committed += 1
             try:
                 outcome = self.store.apply(request, time.time_ns())
             except V2Error as error:
