@@ -36,7 +36,7 @@ from fastkv._native.store cimport Event
 
 import logging
 
-from fastkv._native.store import OP_SET, V2Error, encode_request
+from fastkv._native.store import V2Error, encode_set
 
 log = logging.getLogger("fastkv.http")
 
@@ -220,7 +220,7 @@ cdef class PlainWrites:
         waiter = PlainWrite(self, conn, key)
         try:
             self._node.store.auth_enabled()  # etcd's access check reads the store first
-            self._submit(encode_request(OP_SET, "/1" + key, value), waiter)
+            self._submit(encode_set("/1" + key, value), waiter)
         except Exception as error:
             if not isinstance(error, V2Error):
                 log.exception("request PUT /v2/keys%s failed", key)

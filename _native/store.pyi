@@ -29,6 +29,9 @@ def encode_request(
 ) -> bytes:
     """Pack a store request (msgpack) for the log; ``Store.apply`` runs it."""
 
+def encode_set(path: str, value: str) -> bytes:
+    """``encode_request(OP_SET, path, value)``, the same bytes, written without the packer."""
+
 class V2Error(Exception):
     """An etcd v2 error. ``message`` comes from etcd's table for ``code``."""
 

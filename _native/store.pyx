@@ -10,8 +10,9 @@ expirations are absolute Unix nanoseconds (0 = permanent).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import gc
 from contextlib import contextmanager
@@ -28,7 +29,8 @@ cdef extern from "Python.h":
 # ---------------------------------------------------------------------------------------------
 # Requests (the log entry payload) and constants
 
-OP_SET = 1
+DEF _OP_SET = 1
+OP_SET = _OP_SET
 OP_CREATE = 2
 OP_UNIQUE = 3
 OP_UPDATE = 4
@@ -53,6 +55,78 @@ def encode_request(int op, str path, str value="", bint dir=False, int64_t expir
     """Pack one store request as a compact msgpack array (the log entry's data)."""
     return _packer.pack((op, path, value, dir, expire_ns, prev_value, prev_index, refresh,
                          recursive, sorted))
+
+
+# A plain set, ``encode_request(OP_SET, path, value)``, is the msgpack array
+# 0x9a, OP_SET, <str path>, <str value>, then the defaults of the other seven fields.
+cdef const char *_SET_TAIL = b"\xc2\x00\xc0\x00\xc2\xc2\xc2"
+cdef Py_ssize_t _SET_TAIL_SIZE = 7
+
+
+cdef inline unsigned char *_put_str(unsigned char *p, const char *s, Py_ssize_t n) noexcept:
+    """Write a msgpack str (the shortest header, as the packer writes it); past its end."""
+    cdef int i, width
+    if n < 32:
+        p[0] = 0xa0 | n
+        p += 1
+    else:
+        if n < 256:
+            p[0], width = 0xd9, 1
+        elif n < 65536:
+            p[0], width = 0xda, 2
+        else:
+            p[0], width = 0xdb, 4
+        for i in range(width):
+            p[width - i] = (n >> (8 * i)) & 0xFF
+        p += 1 + width
+    memcpy(p, s, n)
+    return p + n
+
+
+cdef inline Py_ssize_t _str_at(const unsigned char *p, Py_ssize_t n, Py_ssize_t at, Py_ssize_t *size) noexcept:
+    """Where the msgpack str at ``at`` starts its bytes (their count in ``size``), else -1."""
+    cdef Py_ssize_t width, i, length = 0
+    if at >= n:
+        return -1
+    if p[at] & 0xe0 == 0xa0:
+        size[0] = p[at] & 0x1f
+        at += 1
+    else:
+        if p[at] == 0xd9:
+            width = 1
+        elif p[at] == 0xda:
+            width = 2
+        elif p[at] == 0xdb:
+            width = 4
+        else:
+            return -1
+        if at + width >= n:
+            return -1
+        for i in range(width):
+            length = (length << 8) | p[at + 1 + i]
+        size[0] = length
+        at += 1 + width
+    return at if at + size[0] <= n else -1
+
+
+def encode_set(str path, str value):
+    """``encode_request(OP_SET, path, value)``, the same bytes, written without the packer."""
+    cdef Py_ssize_t path_size, value_size
+    cdef const char *path_utf8
+    cdef const char *value_utf8
+    try:
+        path_utf8 = PyUnicode_AsUTF8AndSize(path, &path_size)
+        value_utf8 = PyUnicode_AsUTF8AndSize(value, &value_size)
+    except UnicodeEncodeError:  # a lone surrogate: the packer writes it ("surrogatepass")
+        return encode_request(OP_SET, path, value)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 2 + 5 + path_size + 5 + value_size + _SET_TAIL_SIZE)
+    cdef unsigned char *start = <unsigned char *> PyBytes_AS_STRING(out)
+    cdef unsigned char *p = start
+    p[0], p[1] = 0x9a, _OP_SET
+    p = _put_str(p + 2, path_utf8, path_size)
+    p = _put_str(p, value_utf8, value_size)
+    memcpy(p, _SET_TAIL, _SET_TAIL_SIZE)
+    return out[:p + _SET_TAIL_SIZE - start]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1141,7 +1215,18 @@ cdef class Store:
         return 0
 
     cpdef Event apply(self, bytes request, int64_t now_ns):
-        """Decode a request made by ``encode_request`` and run it."""
+        """Decode a request made by ``encode_request`` and run it (a plain set without the
+        unpacker)."""
+        cdef const unsigned char *p = <const unsigned char *> PyBytes_AS_STRING(request)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(request), path_at, path_size, value_at, value_size
+        if n > 2 and p[0] == 0x9a and p[1] == _OP_SET:
+            path_at = _str_at(p, n, 2, &path_size)
+            value_at = _str_at(p, n, path_at + path_size, &value_size) if path_at >= 0 else -1
+            if (value_at >= 0 and n - value_at - value_size == _SET_TAIL_SIZE
+                    and memcmp(p + value_at + value_size, _SET_TAIL, _SET_TAIL_SIZE) == 0):
+                return self.set(PyUnicode_DecodeUTF8(<const char *> p + path_at, path_size, "surrogatepass"), False,
+                                PyUnicode_DecodeUTF8(<const char *> p + value_at, value_size, "surrogatepass"), 0,
+                                False, now_ns)
         cdef tuple r = tuple(msgpack.unpackb(request, unicode_errors="surrogatepass"))
         op, path, value, dir, expire_ns, prev_value, prev_index, refresh, recursive, sorted = r
         if op == OP_SET:

@@ -22,6 +22,7 @@ from fastkv._native.store import (
     Store,
     V2Error,
     encode_request,
+    encode_set,
 )
 
 NOW = 1_794_995_200 * 10**9  # 2026-11-18T09:46:40Z
@@ -400,6 +401,40 @@ def test_apply_dispatches_encoded_requests() -> None:
         store.apply(encode_request(OP_SET, "/1/b/c", "x"), NOW)
     surrogate = encode_request(OP_SET, "/1/raw", "\udcff")
     assert b'"value":"\\ufffd"' in store.apply(surrogate, NOW).body
+
+
+_TEXTS = ["", "a", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "x" * 65535, "x" * 65536, "\u00e9" * 20,
+          "\u65e5\u672c" * 30, "\udcffx", "a\x00b", "\U0001f600"]
+
+
+@pytest.mark.parametrize("value", _TEXTS)
+@pytest.mark.parametrize("key", _TEXTS)
+def test_a_plain_set_is_encoded_without_the_packer_to_the_same_bytes(key: str, value: str) -> None:
+    assert encode_set("/1/" + key, value) == encode_request(OP_SET, "/1/" + key, value)
+
+
+@pytest.mark.parametrize("value", _TEXTS)
+def test_a_plain_set_applies_as_the_set_it_encodes(value: str) -> None:
+    applied, direct = fresh(), fresh()
+    for key in ("/1/k", "/1/d/" + "y" * 300):
+        event = applied.apply(encode_set(key, value), NOW)
+        expected = direct.set(key, False, value, 0, False, NOW)
+        assert (event.action, event.key, event.index, event.body) == (
+            expected.action, expected.key, expected.index, expected.body)
+    assert applied.snapshot() == direct.snapshot()
+
+
+def test_sets_with_more_than_a_value_and_damaged_requests_take_the_unpacker() -> None:
+    store = fresh()
+    ttl = store.apply(encode_request(OP_SET, "/1/t", "v", expire_ns=NOW + 5 * S), NOW)
+    assert b'"ttl":5' in ttl.body
+    directory = store.apply(encode_request(OP_SET, "/1/d", dir=True), NOW)
+    assert directory.is_dir
+    plain = encode_set("/1/k", "value")
+    for damaged in (plain[:-1], plain[:5], plain + b"\x00", plain[:2] + b"\xdb\xff\xff\xff\xff" + plain[7:]):
+        with pytest.raises(ValueError):  # the unpacker: incomplete input, extra data
+            store.apply(damaged, NOW)
+    assert store.node("/1/k") is None
 
 
 def test_snapshot_restore_round_trip() -> None:
