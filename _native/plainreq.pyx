@@ -180,10 +180,11 @@ def match_plain_put(bytes data):
 cdef class PlainWrites:
     """The plain write's lane of one server (see the module doc). ``node`` gives ``store``,
     ``cluster_id`` and ``raw``, its Raft core, whose ``committed`` and ``term`` are the answer's
-    ``X-Raft-Index`` and ``X-Raft-Term`` (``raft_index`` and ``raft_term`` of the node); ``json_head(status)`` the start of a JSON
-    answer; ``submit(request, waiter)`` proposes a store request (raising V2Error when it
-    cannot); ``received`` is the series counting PUT requests (its ``value`` goes up by one per
-    write taken); ``http_date(second)`` the ``Date`` value of a second."""
+    ``X-Raft-Index`` and ``X-Raft-Term`` (the node's ``raft_index`` and ``raft_term``);
+    ``json_head(status)`` the start of a JSON answer; ``submit(request, waiter)`` proposes a
+    store request (raising V2Error when it cannot); ``received`` is the series counting PUT
+    requests (its ``value`` goes up by one per write taken); ``http_date(second)`` the ``Date``
+    value of a second."""
 
     cdef object _node
     cdef object _json_head

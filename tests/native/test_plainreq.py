@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from fastkv._native.plainreq import MAX_BYTES, match_plain_put
+from fastkv._native.plainreq import MAX_BYTES, PlainWrite, PlainWrites, match_plain_put
 
 _VALUE = rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?"
 _RULES = re.compile(rb"PUT /v2/keys((?:/(?!\.)[-\w.~]+)+) HTTP/1\.1\r\n((?:[-A-Za-z]+: " + _VALUE
@@ -96,3 +96,42 @@ def test_agrees_with_the_rules_on_mutated_requests() -> None:
         assert got == want, bytes(data)
         accepted += got is not None
     assert accepted > 1000  # the mutations also kept many requests valid: both sides were tested
+
+
+class Connection:
+    """Records what the lane hands a connection."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.written: list[tuple[bytes | None, str, BaseException | None]] = []
+
+    def plain_written(self, answer: bytes | None, key: str, error: BaseException | None) -> None:
+        self.busy = False
+        self.written.append((answer, key, error))
+
+
+def _lane() -> PlainWrites:
+    def refuse(request: bytes, waiter: object) -> None:
+        raise AssertionError("not proposed in these tests")
+
+    return PlainWrites(None, lambda status: b"", refuse, None, lambda second: b"")
+
+
+def test_a_plain_write_is_settled_once() -> None:
+    conn = Connection()
+    waiter = PlainWrite(_lane(), conn, "/k")
+    assert not waiter.done()
+    error = TimeoutError("etcdserver: request timed out")
+    waiter.set_exception(error)
+    waiter.set_exception(TimeoutError("again"))
+    assert waiter.done()
+    assert conn.written == [(None, "/k", error)]
+
+
+def test_an_answer_that_cannot_be_built_is_handed_over_as_the_error() -> None:
+    conn = Connection()
+    waiter = PlainWrite(_lane(), conn, "/k")
+    waiter.set_result("not an event")
+    ((answer, key, error),) = conn.written
+    assert (answer, key) == (None, "/k")
+    assert isinstance(error, TypeError)
