@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 STOPPED: str
+TAG_REQUEST: bytes
 HEAD_SIZE: int
 
 class Proposals:

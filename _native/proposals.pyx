@@ -13,10 +13,10 @@ schedules a pass of its loop then, and every pass takes the whole batch. So an e
 waits in the batch without a pass to come, and a busy loop pass adds no call per proposal.
 
 ``submit_request`` is a store request's whole way in, in one call: a new id, the entry's data
-(``b"N"`` + the id and the proposer's ``clock()`` in nanoseconds, each 8 bytes big-endian, + the
-request), the waiter and the batch. Ids come from one 64-bit counter (wrapping), so they do not
-repeat in a member's lifetime; the node starts it from its member id and the wall clock, so
-that a restarted member starts elsewhere.
+(``TAG_REQUEST`` + the id and the proposer's ``clock()`` in nanoseconds, each 8 bytes
+big-endian, + the request), the waiter and the batch. Ids come from one 64-bit counter (wrapping),
+so they do not repeat in a member's lifetime; the node starts it from its member id and the wall
+clock, so that a restarted member starts elsewhere.
 """
 
 cimport cython
@@ -28,6 +28,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from fastkv._native.store import V2Error
 
 STOPPED = "etcdserver: server stopped"
+TAG_REQUEST = b"N"  # the first byte of a store request's entry data
 cdef Py_ssize_t _HEAD = 17  # tag, id, stamp: what precedes a store request in an entry's data
 HEAD_SIZE = _HEAD
 
@@ -72,7 +73,7 @@ cdef class Proposals:
 
     cpdef object add(self, object key, bytes payload, object waiter):
         """``register`` and put the normal entry ``payload`` in the batch; returns ``waiter``."""
-        self.waiters[key] = (waiter, _monotonic() + self.timeout_s)
+        self.register(key, waiter)
         self.batch.append((key, payload))
         if len(self.batch) == 1:
             self._kick()
@@ -89,7 +90,7 @@ cdef class Proposals:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(request)
         cdef bytes payload = PyBytes_FromStringAndSize(NULL, _HEAD + size)
         cdef unsigned char *p = <unsigned char *> PyBytes_AS_STRING(payload)
-        p[0] = c'N'
+        p[0] = c'N'  # TAG_REQUEST
         _put_big_endian(p + 1, pid)
         _put_big_endian(p + 9, <uint64_t> now_ns)
         memcpy(p + _HEAD, PyBytes_AS_STRING(request), size)

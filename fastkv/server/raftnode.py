@@ -16,10 +16,11 @@ one entry while the front end is quiet (a lone writer) is saved on the loop itse
 waits for that sync anyway, and two thread hand-offs are spared (``_small_and_quiet``).
 
 Entry data (the core's EntryNormal): empty = a new leader's no-op; ``TAG_REQUEST`` + id + the
-proposer's ``now_ns`` + a store request (``encode_request``); ``TAG_SYNC`` + id + ``now_ns``
-(TTL expiry: every member expires the same keys at the same index); ``TAG_MEMBER`` + id + a
-peer URL update. The id (8 bytes) lets the proposing member find its waiter. An EntryConfChange
-adds or removes a voter; an addition carries the member's record as the change's context.
+proposer's ``now_ns`` + a store request (``encode_request``), made by ``Proposals``;
+``TAG_SYNC`` + id + ``now_ns`` (TTL expiry: every member expires the same keys at the same
+index); ``TAG_MEMBER`` + id + a peer URL update. The id (8 bytes) lets the proposing member find
+its waiter. An EntryConfChange adds or removes a voter; an addition carries the member's record
+as the change's context.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from fastkv._native.raft import Entry as RaftEntry
 from fastkv._native.raft import Snapshot as RaftSnapshot
 from fastkv.storage.snapshot import Snapshot, Snapshotter
 
-TAG_REQUEST = b"N"  # + id (8) + proposer's now_ns (8) + store request
+# A store request's entry data: proposals.TAG_REQUEST + id (8) + proposer's now_ns (8) + request.
 TAG_SYNC = b"S"  # + id (8) + proposer's now_ns (8): TTL expiry
 TAG_MEMBER = b"M"  # + id (8) + membership change (msgpack)
 SNAPSHOTS_KEPT = 2

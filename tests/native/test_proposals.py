@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fastkv._native.proposals import HEAD_SIZE, STOPPED, Proposals
+from fastkv._native.proposals import HEAD_SIZE, STOPPED, TAG_REQUEST, Proposals
 from fastkv._native.store import V2Error
 
 
@@ -36,7 +36,7 @@ def test_a_store_request_becomes_tag_id_stamp_and_request() -> None:
     ((key, payload),) = owner.proposals.batch
     assert key == 2**64 - 2
     assert HEAD_SIZE == 17
-    assert payload[:1] == b"N"
+    assert payload[:1] == TAG_REQUEST == b"N"  # the tag the log and the applier know
     assert struct.unpack(">QQ", payload[1:17]) == (key, owner.now_ns)
     assert payload[17:] == b"request bytes"
 
