@@ -172,11 +172,9 @@ class App:
         allowed = tuple(settings.cors)
         self.cors_any = "*" in allowed
         self.cors_origins = frozenset(o.encode() for o in allowed)
-        # The plain write's compiled lane, through the node's compiled proposal queue when it has
-        # one (no Python function per write).
-        submit = node.proposals.submit_request if hasattr(node, "proposals") else node.submit_request
-        self.plain_writes = PlainWrites(node, self.json_head, submit, metrics.http_received.labels("PUT"),
-                                        http_date)
+        # The plain write's compiled lane, through the node's compiled proposal queue.
+        self.plain_writes = PlainWrites(node, self.json_head, node.proposals.submit_request,
+                                        metrics.http_received.labels("PUT"), http_date)
 
     def cors_headers(self, origin: bytes | None) -> bytes:
         """The CORS block etcd adds to every response (none when the origin is not allowed)."""

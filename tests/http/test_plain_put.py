@@ -137,7 +137,7 @@ def test_a_write_refused_by_a_stopping_member_is_answered_as_the_general_path(
         pair: tuple[Client, Client]) -> None:
     plain_client, general_client = pair
     for c in pair:
-        c.node.stopping = True
+        c.node.proposals.closed = True  # as a stopping member's
     request = _put("/v2/keys/k", "value=1")
     plain = _answer(plain_client, request)
     general = _answer(general_client, request.replace(b"\r\n\r\n", b"\r\nX-Request-Kind: general\r\n\r\n", 1))

@@ -16,7 +16,7 @@ from typing import Any
 import httptools
 import pytest
 
-from fastkv._native.proposals import STOPPED
+from fastkv._native.proposals import HEAD_SIZE, Proposals
 from fastkv._native.store import Store, V2Error
 from fastkv._native.watch import WatchHub
 from fastkv.http.protocol import MAX_BODY_BYTES, ConnectionSet, HttpProtocol
@@ -52,7 +52,8 @@ class RaftStatus:
 
 @dataclass
 class FakeNode:
-    """A single member whose log applies every proposal at once."""
+    """A single member whose log applies every proposal in the next loop pass: the node's own
+    proposal queue (``Proposals``), with the batch applied when the queue kicks."""
 
     store: Store = field(default_factory=Store)
     raw: RaftStatus = field(default_factory=lambda: RaftStatus(committed=3, term=2))
@@ -68,13 +69,16 @@ class FakeNode:
     recv_append_count: int = 0
     healthy: bool = True
     fail_proposals: bool = False
-    stopping: bool = False  # proposals are refused at once, as a stopping member refuses them
     member_list: list[Member] = field(default_factory=lambda: [
         Member(MEMBER_ID, "a", ["http://127.0.0.1:2380"], ["http://127.0.0.1:2379"])])
     loop: asyncio.AbstractEventLoop | None = None  # the loop proposals settle on (else the running one)
 
     def __post_init__(self) -> None:
         self.hub = WatchHub(self.store.history)
+        self.proposals = Proposals(1, time.time_ns, 5.0, self._kick)
+
+    def _kick(self) -> None:
+        (self.loop or asyncio.get_running_loop()).call_soon(self._apply_batch)
 
     @property
     def raft_index(self) -> int:
@@ -88,29 +92,32 @@ class FakeNode:
         return await self.submit_request(request)
 
     def submit_request(self, request: bytes, waiter: Any = None) -> Any:
-        """Apply at once; ``waiter`` (a new future when None) is settled in a later loop pass,
-        as the node settles it once the entry is committed."""
-        if self.stopping:
-            raise V2Error(300, STOPPED, 0)
-        loop = self.loop or asyncio.get_running_loop()
-        future = waiter if waiter is not None else loop.create_future()
-        outcome: Any
-        if self.fail_proposals:
-            outcome = TimeoutError("etcdserver: request timed out")
-        else:
-            self.raw.committed += 1
-            try:
-                outcome = self.store.apply(request, time.time_ns())
-            except V2Error as error:
-                outcome = error
+        """As the node's: ``waiter`` (a new future when None) is settled once the batch applies."""
+        future = waiter if waiter is not None else (self.loop or asyncio.get_running_loop()).create_future()
+        return self.proposals.submit_request(request, future)
+
+    def _apply_batch(self) -> None:
+        """Commit and apply every proposal of the batch, in order, and settle its waiter."""
+        for key, payload in self.proposals.take():
+            waiter, _ = self.proposals.waiters.pop(key)
+            outcome: Any
+            if self.fail_proposals:
+                outcome = TimeoutError("etcdserver: request timed out")
             else:
-                if outcome.action != "get":
-                    self.hub.notify(outcome)
-        if isinstance(outcome, BaseException):
-            loop.call_soon(future.set_exception, outcome)
-        else:
-            loop.call_soon(future.set_result, outcome)
-        return future
+                self.raw.committed += 1
+                try:
+                    outcome = self.store.apply(payload[HEAD_SIZE:], time.time_ns())
+                except V2Error as error:
+                    outcome = error
+                else:
+                    if outcome.action != "get":
+                        self.hub.notify(outcome)
+            if waiter.done():
+                continue
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
 
     def members(self) -> list[Member]:
         return list(self.member_list)
